@@ -65,6 +65,7 @@ pare_hook *pare_hook_find(pare_hook_chain *chain, const char *name);
 int pare_hook_remove(pare_hook_chain *chain, const char *name);     /* destroys it; -1 if absent */
 pare_tensor *pare_hook_run(pare_ctx *ctx, pare_hook_chain *chain, pare_layer *layer,
                            pare_tensor *t);
+void pare_hook_chain_clear(pare_hook_chain *chain); /* destroys every hook */
 
 /* ---- layers --------------------------------------------------------------- */
 typedef struct pare_layer_type pare_layer_type;
@@ -141,6 +142,16 @@ int pare_model_append(pare_model *m, pare_layer *l);
 int pare_build(pare_model *m, int c, int h, int w);
 /* Forward pass of a batch; x is [N, c, h, w] or [N, features]. */
 pare_tensor *pare_forward(pare_ctx *ctx, pare_model *m, pare_tensor *x);
+/* Forward through layers [first, last) only (input hooks run when first is 0). */
+pare_tensor *pare_forward_layers(pare_ctx *ctx, pare_model *m, pare_tensor *x, int first, int last);
+/* The training loss of a classifier, chosen from its last layer: after a
+ * LogSoftmax, NLL of the output; after a Softmax, cross-entropy of the logits
+ * before it (what Keras does for sparse categorical cross-entropy on a softmax
+ * output: the same value with a stable gradient); otherwise cross-entropy of
+ * the output as logits. *scores, if given, receives a tensor whose row argmax
+ * is the prediction. */
+pare_tensor *pare_classifier_loss(pare_ctx *ctx, pare_model *m, pare_tensor *x, const int *labels,
+                                  pare_tensor **scores);
 void pare_model_train(pare_model *m, int training);
 pare_layer *pare_model_find(pare_model *m, const char *name);
 int pare_model_index(const pare_model *m, const char *name);
@@ -158,7 +169,7 @@ int pare_layer_resize(pare_layer *l, int dim, const int *keep, int n_keep, int b
 
 /* ---- parameters ----------------------------------------------------------- */
 typedef struct pare_param {
-    char name[PARE_NAME_MAX + 16]; /* "conv1.weight" */
+    char name[128]; /* "conv1.weight", "fc1.mask.values" */
     pare_tensor *t;
     pare_layer *layer;
     int is_weight;
