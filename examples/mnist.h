@@ -1,0 +1,13 @@
+/* build/mnist: one file per subcommand, so later ones grow without colliding. */
+#ifndef PARE_EXAMPLES_MNIST_H
+#define PARE_EXAMPLES_MNIST_H
+
+#include "examples/cli.h"
+
+int mnist_train(int argc, char **argv);
+int mnist_eval(int argc, char **argv);
+int mnist_summary(int argc, char **argv);
+
+/* Loads a model file (with --arch for files without pare metadata); exits on error. */
+pare_model *mnist_load_model(const char *path, const char *arch);
+#endif

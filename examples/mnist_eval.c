@@ -1,0 +1,53 @@
+/* mnist eval --model FILE [--arch NAME] [--data DIR] [--threads T] [--json] */
+#include "examples/mnist.h"
+
+int mnist_eval(int argc, char **argv)
+{
+    const char *model = NULL, *arch = NULL, *data = "data/mnist";
+    int threads = 0, json = 0;
+    cli_opt opts[] = {
+        {"--model", CLI_STR, &model, "model file (safetensors)"},
+        {"--arch", CLI_STR, &arch, "architecture, for a file without pare metadata (from PyTorch)"},
+        {"--data", CLI_STR, &data, "directory of the MNIST IDX files (default data/mnist)"},
+        {"--threads", CLI_INT, &threads, "threads (default: all cores)"},
+        {"--json", CLI_FLAG, &json, "end stdout with one JSON line"},
+    };
+    const int n = (int)(sizeof opts / sizeof opts[0]);
+    const char *usage = "mnist eval --model FILE [--arch NAME] [--data DIR] [--threads T] [--json]";
+    cli_parse(argc, argv, 2, opts, n, usage);
+    if (!model) cli_usage_error(usage, opts, n, "--model is required");
+    if (threads < 0) cli_usage_error(usage, opts, n, "--threads must be >= 0");
+    threads = cli_threads(threads);
+
+    pare_model *m = mnist_load_model(model, arch);
+    pare_dataset *test = cli_load(data, 0);
+    pare_ctx *ctx = pare_ctx_new(0);
+    pare_loader_config lc = pare_loader_defaults();
+    lc.batch = 256;
+    lc.shuffle = 0;
+    pare_loader *ld = pare_loader_new(test, NULL, test->n, &lc);
+    double loss, acc = pare_evaluate(ctx, m, ld, &loss), ips, lat;
+    cli_measure_speed(ctx, m, test, &ips, &lat);
+
+    printf("model      %s (%s)\n", model, m->arch);
+    printf("params     %zu\n", pare_model_param_count(m));
+    printf("test acc   %.2f%%  (%d images, loss %.4f)\n", 100 * acc, test->n, loss);
+    printf("speed      %.0f img/s at batch 256, %.0f us at batch 1, %d threads\n", ips, lat, threads);
+    if (json) {
+        cli_json j;
+        cli_json_begin(&j, "eval");
+        cli_json_str(&j, "arch", m->arch);
+        cli_json_num(&j, "test_acc", acc);
+        cli_json_int(&j, "params", (long long)pare_model_param_count(m));
+        cli_json_int(&j, "size_bytes", cli_file_size(model));
+        cli_json_num(&j, "img_per_s", ips);
+        cli_json_num(&j, "latency_us_b1", lat);
+        cli_json_int(&j, "threads", threads);
+        cli_json_end(&j, stdout);
+    }
+    pare_loader_free(ld);
+    pare_ctx_free(ctx);
+    pare_dataset_free(test);
+    pare_model_free(m);
+    return 0;
+}
