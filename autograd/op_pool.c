@@ -40,6 +40,23 @@ static void maxpool_backward(pare_ctx *ctx, pare_node *n)
 }
 static const pare_op maxpool_op = {"maxpool2d", maxpool_backward};
 
+/* The common 2x2 window with stride 2, unrolled; same first-maximum rule. */
+static void max2x2_plane(const pool_dims *d, const float *src, float *out, int *arg)
+{
+    for (int oy = 0; oy < d->oh; oy++) {
+        const float *r0 = src + (size_t)(2 * oy) * d->w, *r1 = r0 + d->w;
+        for (int ox = 0; ox < d->ow; ox++) {
+            int c = 2 * ox, best = 2 * oy * d->w + c;
+            float m = r0[c];
+            if (r0[c + 1] > m) m = r0[c + 1], best += 1;
+            if (r1[c] > m) m = r1[c], best = (2 * oy + 1) * d->w + c;
+            if (r1[c + 1] > m) m = r1[c + 1], best = (2 * oy + 1) * d->w + c + 1;
+            out[oy * d->ow + ox] = m;
+            arg[oy * d->ow + ox] = best;
+        }
+    }
+}
+
 pare_tensor *pare_f_maxpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int stride)
 {
     pool_dims d = dims_of(x, kernel, stride);
@@ -49,6 +66,10 @@ pare_tensor *pare_f_maxpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int str
 #pragma omp parallel for schedule(static)
     for (int p = 0; p < d.planes; p++) {
         const float *src = x->data + (size_t)p * d.h * d.w;
+        if (d.k == 2 && d.s == 2) {
+            max2x2_plane(&d, src, y->data + (size_t)p * d.oh * d.ow, arg + (size_t)p * d.oh * d.ow);
+            continue;
+        }
         for (int oy = 0; oy < d.oh; oy++)
             for (int ox = 0; ox < d.ow; ox++) {
                 int best = oy * d.s * d.w + ox * d.s;

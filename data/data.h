@@ -44,25 +44,33 @@ typedef struct pare_loader_config {
 } pare_loader_config;
 pare_loader_config pare_loader_defaults(void);
 
-/* A loader over the listed sample indices of ds (NULL: all of them, in order). */
+/* A loader over the listed sample indices of ds (NULL: the first n samples,
+ * or all of them when n <= 0). cfg NULL: the defaults. ds must outlive it.
+ * NULL with pare_error() on a bad index or config (batch < 1, std 0). */
 pare_loader *pare_loader_new(const pare_dataset *ds, const int *indices, int n,
                              const pare_loader_config *cfg);
 void pare_loader_free(pare_loader *ld);
-/* Starts epoch `epoch` (0-based): the order is a function of (seed, epoch). */
+/* Starts epoch `epoch` (0-based): the order is a function of (seed, epoch).
+ * pare_loader_new starts epoch 0. */
 void pare_loader_start_epoch(pare_loader *ld, int epoch);
 typedef struct pare_batch {
     pare_tensor *x;   /* in the arena given to next() */
     int *labels;      /* in the arena */
     int n;
 } pare_batch;
-/* Next batch of the epoch in `arena`; 1 if a batch was produced, 0 at the end.
- * The last batch may be smaller (PyTorch's drop_last=False). */
+/* Next batch of the epoch in `arena`; 1 if a batch was produced, 0 at the end
+ * (and until the next pare_loader_start_epoch). The last batch may be smaller
+ * (PyTorch's drop_last=False). Pixels become ((float)p / 255 - mean) / std.
+ * Allocates only from the arena: rewind it after each batch and, after the
+ * first epoch, no heap allocation happens. */
 int pare_loader_next(pare_loader *ld, pare_arena *arena, pare_batch *out);
 int pare_loader_batches(const pare_loader *ld);
 int pare_loader_size(const pare_loader *ld);
 
 /* Splits [0, n) into a training part and a validation part of n_val samples
- * held out by a seeded permutation. Arrays are allocated with pare_alloc. */
+ * held out by a seeded permutation; both parts are listed in ascending order.
+ * Arrays are allocated with pare_alloc (free with pare_free); *val_idx is
+ * NULL when n_val is 0. -1 with pare_error() unless 0 <= n_val < n. */
 int pare_split_indices(int n, int n_val, uint64_t seed, int **train_idx, int *n_train,
                        int **val_idx);
 

@@ -1,5 +1,7 @@
-/* Elementwise kernels and reductions. Reductions accumulate in double in
- * index order, so their result does not depend on anything but the data. */
+/* Elementwise kernels and reductions. Reductions accumulate in double over
+ * LANES interleaved partial sums combined in a fixed order: the result
+ * depends only on the data, and the lanes let the compiler vectorize
+ * without reassociating anything. */
 #include <string.h>
 
 #include "tensor.h"
@@ -31,18 +33,33 @@ void pare_vec_scale(float *x, float a, size_t n)
     for (size_t i = 0; i < n; i++) x[i] *= a;
 }
 
-double pare_vec_sum(const float *x, size_t n)
+#define LANES 8
+
+static double combine(const double *acc)
 {
     double s = 0;
-    for (size_t i = 0; i < n; i++) s += x[i];
+    for (int j = 0; j < LANES; j++) s += acc[j];
     return s;
+}
+
+double pare_vec_sum(const float *x, size_t n)
+{
+    double acc[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += x[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += x[i];
+    return combine(acc);
 }
 
 double pare_vec_dot(const float *a, const float *b, size_t n)
 {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
-    return s;
+    double acc[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += (double)a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += (double)a[i] * b[i];
+    return combine(acc);
 }
 
 float pare_vec_max(const float *x, size_t n)
