@@ -70,6 +70,11 @@ pare_node *pare_record(pare_ctx *ctx, const pare_op *op, pare_tensor *out, int n
                        pare_tensor *const *in);
 /* The gradient buffer of t, zero-initialized in the arena on first use. */
 float *pare_grad_of(pare_ctx *ctx, pare_tensor *t);
+/* For a backward that writes every element of t's gradient: the buffer, with
+ * *fresh = 1 when it was just created (uninitialized: store, do not add) or
+ * 0 when it already holds contributions (add to them). Saves zeroing and
+ * re-reading a buffer in the usual case of a tensor with one consumer. */
+float *pare_grad_dst(pare_ctx *ctx, pare_tensor *t, int *fresh);
 /* Whether backward must compute the gradient of this input. */
 static inline int pare_wants_grad(const pare_tensor *t) { return t && t->requires_grad; }
 

@@ -12,11 +12,14 @@ static pare_tensor *like(pare_ctx *ctx, const pare_tensor *x)
 static void relu_backward(pare_ctx *ctx, pare_node *n)
 {
     const float *y = n->out->data, *dy = n->out->grad;
-    float *dx = pare_grad_of(ctx, n->in[0]);
+    int fresh;
+    float *dx = pare_grad_dst(ctx, n->in[0], &fresh);
     size_t size = n->out->size;
 #pragma omp parallel for schedule(static) if (size > 65536)
-    for (size_t i = 0; i < size; i++)
-        if (y[i] > 0.0f) dx[i] += dy[i];
+    for (size_t i = 0; i < size; i++) {
+        float g = y[i] > 0.0f ? dy[i] : 0.0f;
+        dx[i] = fresh ? g : dx[i] + g;
+    }
 }
 static const pare_op relu_op = {"relu", relu_backward};
 

@@ -46,7 +46,12 @@ static void add_bias_backward(pare_ctx *ctx, pare_node *n)
 {
     pare_tensor *x = n->in[0], *b = n->in[1];
     const float *dy = n->out->grad;
-    if (pare_wants_grad(x)) pare_vec_acc(pare_grad_of(ctx, x), dy, x->size);
+    if (pare_wants_grad(x)) {
+        int fresh;
+        float *dx = pare_grad_dst(ctx, x, &fresh);
+        if (fresh) pare_vec_copy(dx, dy, x->size);
+        else pare_vec_acc(dx, dy, x->size);
+    }
     if (!pare_wants_grad(b)) return;
     int N, C;
     size_t inner;
@@ -125,7 +130,13 @@ pare_tensor *pare_f_scale(pare_ctx *ctx, pare_tensor *x, float s)
 /* ---- reshape: same data, new shape ----------------------------------------- */
 static void reshape_backward(pare_ctx *ctx, pare_node *n)
 {
-    pare_vec_acc(pare_grad_of(ctx, n->in[0]), n->out->grad, n->out->size);
+    pare_tensor *x = n->in[0];
+    if (!x->grad) {
+        x->grad = n->out->grad; /* a view: it can share the gradient buffer too */
+        return;
+    }
+    pare_vec_acc(x->grad, n->out->grad, n->out->size);
+    (void)ctx;
 }
 static const pare_op reshape_op = {"reshape", reshape_backward};
 

@@ -7,8 +7,11 @@ static void matmul_backward(pare_ctx *ctx, pare_node *n)
     pare_tensor *a = n->in[0], *b = n->in[1];
     int M = a->shape[0], K = a->shape[1], N = b->shape[1];
     const float *dy = n->out->grad;
-    if (pare_wants_grad(a)) /* da = dy b^T */
-        pare_sgemm(0, 1, M, K, N, 1.0f, dy, N, b->data, N, 1.0f, pare_grad_of(ctx, a), K);
+    int fresh;
+    if (pare_wants_grad(a)) { /* da = dy b^T */
+        float *da = pare_grad_dst(ctx, a, &fresh);
+        pare_sgemm(0, 1, M, K, N, 1.0f, dy, N, b->data, N, fresh ? 0.0f : 1.0f, da, K);
+    }
     if (pare_wants_grad(b)) /* db = a^T dy */
         pare_sgemm(1, 0, K, N, M, 1.0f, a->data, K, dy, N, 1.0f, pare_grad_of(ctx, b), N);
 }
@@ -32,8 +35,11 @@ static void linear_backward(pare_ctx *ctx, pare_node *n)
     pare_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
     int N = x->shape[0], in = w->shape[1], out = w->shape[0];
     const float *dy = n->out->grad;
-    if (pare_wants_grad(x)) /* dx = dy W */
-        pare_sgemm(0, 0, N, in, out, 1.0f, dy, out, w->data, in, 1.0f, pare_grad_of(ctx, x), in);
+    int fresh;
+    if (pare_wants_grad(x)) { /* dx = dy W */
+        float *dx = pare_grad_dst(ctx, x, &fresh);
+        pare_sgemm(0, 0, N, in, out, 1.0f, dy, out, w->data, in, fresh ? 0.0f : 1.0f, dx, in);
+    }
     if (pare_wants_grad(w)) /* dW = dy^T x */
         pare_sgemm(1, 0, out, in, N, 1.0f, dy, out, x->data, in, 1.0f, pare_grad_of(ctx, w), in);
     if (pare_wants_grad(b)) {

@@ -1,5 +1,7 @@
 /* Pooling over [N, C, H, W]: max (gradient to the first maximum of each
  * window) and average. Windows that do not fit are dropped (floor), as in PyTorch. */
+#include <string.h>
+
 #include "autograd/autograd.h"
 
 typedef struct pool_dims {
@@ -26,7 +28,9 @@ static void maxpool_backward(pare_ctx *ctx, pare_node *n)
 {
     const int *arg = n->saved;
     const float *dy = n->out->grad;
-    float *dx = pare_grad_of(ctx, n->in[0]);
+    int fresh;
+    float *dx = pare_grad_dst(ctx, n->in[0], &fresh);
+    if (fresh) memset(dx, 0, n->in[0]->size * sizeof(float));
     size_t out_plane = (size_t)n->out->shape[2] * n->out->shape[3];
     size_t in_plane = (size_t)n->in[0]->shape[2] * n->in[0]->shape[3];
     int planes = n->out->shape[0] * n->out->shape[1];
@@ -40,17 +44,23 @@ static void maxpool_backward(pare_ctx *ctx, pare_node *n)
 }
 static const pare_op maxpool_op = {"maxpool2d", maxpool_backward};
 
-/* The common 2x2 window with stride 2, unrolled; same first-maximum rule. */
+/* The common 2x2 window with stride 2, unrolled and branch-free (the
+ * comparisons are data-dependent and mispredict half the time); the same
+ * first-maximum rule as the general loop. */
 static void max2x2_plane(const pool_dims *d, const float *src, float *out, int *arg)
 {
     for (int oy = 0; oy < d->oh; oy++) {
         const float *r0 = src + (size_t)(2 * oy) * d->w, *r1 = r0 + d->w;
+        int base = 2 * oy * d->w;
         for (int ox = 0; ox < d->ow; ox++) {
-            int c = 2 * ox, best = 2 * oy * d->w + c;
+            int c = 2 * ox, best = base + c;
             float m = r0[c];
-            if (r0[c + 1] > m) m = r0[c + 1], best += 1;
-            if (r1[c] > m) m = r1[c], best = (2 * oy + 1) * d->w + c;
-            if (r1[c + 1] > m) m = r1[c + 1], best = (2 * oy + 1) * d->w + c + 1;
+            int t = r0[c + 1] > m;
+            m = t ? r0[c + 1] : m, best = t ? base + c + 1 : best;
+            t = r1[c] > m;
+            m = t ? r1[c] : m, best = t ? base + d->w + c : best;
+            t = r1[c + 1] > m;
+            m = t ? r1[c + 1] : m, best = t ? base + d->w + c + 1 : best;
             out[oy * d->ow + ox] = m;
             arg[oy * d->ow + ox] = best;
         }

@@ -90,6 +90,16 @@ float *pare_grad_of(pare_ctx *ctx, pare_tensor *t)
     return t->grad;
 }
 
+float *pare_grad_dst(pare_ctx *ctx, pare_tensor *t, int *fresh)
+{
+    *fresh = t->grad == NULL;
+    if (*fresh) {
+        t->grad = pare_arena_alloc(&ctx->arena, t->size * sizeof(float));
+        PARE_CHECK(t->grad, "arena full allocating a gradient");
+    }
+    return t->grad;
+}
+
 int pare_backward(pare_ctx *ctx, pare_tensor *loss)
 {
     if (loss->size != 1)
