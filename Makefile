@@ -72,7 +72,11 @@ fuzz:
 	done
 
 bench: $(BENCH_BIN) $(BUILD)/mnist
-	@for b in $(BENCH_BIN); do $$b || exit 1; done
+	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+# The same protocol in PyTorch (Debian's python3-torch), side by side.
+bench-torch: $(BUILD)/bench_train
+	/usr/bin/python3 bench/torch_compare.py
 
 data:
 	sh data/fetch_mnist.sh data/mnist

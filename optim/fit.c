@@ -118,7 +118,7 @@ int pare_fit(pare_ctx *ctx, pare_model *m, pare_optim *o, pare_loader *train, co
     pare_epoch_stats st;
     memset(&st, 0, sizeof st);
     for (int e = cfg->first_epoch; e < cfg->first_epoch + cfg->epochs; e++) {
-        if (cfg->schedule) pare_optim_set_lr(o, pare_lr_at(cfg->schedule, e));
+        if (cfg->schedule && pare_optim_set_lr(o, pare_lr_at(cfg->schedule, e))) return -1;
         if (run_epoch(ctx, m, o, train, cfg, e, &step, &st)) return -1;
         if (cfg->on_epoch && cfg->on_epoch(cfg->user, m, &st)) break;
     }
