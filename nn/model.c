@@ -164,6 +164,27 @@ pare_tensor *pare_forward(pare_ctx *ctx, pare_model *m, pare_tensor *x)
     return pare_forward_layers(ctx, m, x, 0, m->n_layers);
 }
 
+/* Without a tape nothing but the newest activation is needed: move it down
+ * to where this forward pass began, so inference needs the memory of one
+ * layer at a time, not of all of them. The destination never lies above the
+ * source, so memmove is safe even when they overlap. */
+static pare_tensor *relocate(pare_ctx *ctx, pare_tensor *t, pare_arena_pos to)
+{
+    pare_tensor header = *t;
+    size_t bytes = header.size * sizeof(float);
+    pare_arena_rewind(&ctx->arena, to);
+    pare_arena_unpoison(header.data, bytes);
+    pare_tensor *moved = pare_tensor_new(&ctx->arena, header.ndim, header.shape);
+    PARE_CHECK(moved->data <= header.data || moved->data >= header.data + header.size,
+               "relocate: destination above source");
+    memmove(moved->data, header.data, bytes);
+    /* The part of the source that the moved tensor does not cover is free again. */
+    float *moved_end = moved->data + header.size, *src_end = header.data + header.size;
+    float *free_from = moved_end > header.data ? moved_end : header.data;
+    if (src_end > free_from) pare_arena_poison(free_from, (size_t)(src_end - free_from) * sizeof(float));
+    return moved;
+}
+
 pare_tensor *pare_forward_layers(pare_ctx *ctx, pare_model *m, pare_tensor *x, int first, int last)
 {
     PARE_CHECK(m->built, "pare_forward: model '%s' is not built (call pare_build)", m->arch);
@@ -172,11 +193,13 @@ pare_tensor *pare_forward_layers(pare_ctx *ctx, pare_model *m, pare_tensor *x, i
                x->size / (size_t)x->shape[0], m->arch, per_sample);
     int saved = ctx->training;
     ctx->training = m->training;
+    pare_arena_pos entry = pare_arena_pos_get(&ctx->arena);
     if (first == 0 && m->input_hooks.n) x = pare_hook_run(ctx, &m->input_hooks, NULL, x);
     for (int i = first; i < last; i++) {
         pare_layer *l = m->layers[i];
         x = l->type->forward(ctx, m, l, x);
         if (l->output_hooks.n) x = pare_hook_run(ctx, &l->output_hooks, l, x);
+        if (!ctx->grad_enabled) x = relocate(ctx, x, entry);
     }
     ctx->training = saved;
     return x;

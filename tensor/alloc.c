@@ -172,6 +172,9 @@ void *pare_arena_zalloc(pare_arena *a, size_t bytes)
     return p;
 }
 
+void pare_arena_unpoison(const void *p, size_t bytes) { UNPOISON(p, bytes); }
+void pare_arena_poison(const void *p, size_t bytes) { POISON(p, bytes); }
+
 pare_arena_pos pare_arena_pos_get(const pare_arena *a)
 {
     pare_arena_pos pos = {a->cur, a->cur ? a->cur->used : 0, a->in_use};

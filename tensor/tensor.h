@@ -65,6 +65,10 @@ void *pare_arena_alloc(pare_arena *a, size_t bytes); /* NULL only for a full fix
 void *pare_arena_zalloc(pare_arena *a, size_t bytes);
 pare_arena_pos pare_arena_pos_get(const pare_arena *a);
 void pare_arena_rewind(pare_arena *a, pare_arena_pos pos);
+/* Under AddressSanitizer released arena memory is poisoned; these mark a
+ * region readable again (to move data out of it) or released. No-ops otherwise. */
+void pare_arena_unpoison(const void *p, size_t bytes);
+void pare_arena_poison(const void *p, size_t bytes);
 
 /* ---- tensors --------------------------------------------------------------
  * float32, contiguous, row-major, up to 4 dims. `node` is the index of the
