@@ -84,6 +84,7 @@ data:
 # The main job: fetch MNIST, build, train, evaluate and print the table.
 mnist: all data
 	$(BUILD)/mnist train --arch seedcnn --out $(BUILD)/seedcnn.safetensors
+	$(BUILD)/mnist eval --model $(BUILD)/seedcnn.safetensors
 
 install: $(LIB)
 	mkdir -p $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/pare
