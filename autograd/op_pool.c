@@ -23,78 +23,91 @@ static pare_tensor *pool_output(pare_ctx *ctx, const pare_tensor *x, const pool_
     return pare_tensor_4d(&ctx->arena, x->shape[0], x->shape[1], d->oh, d->ow);
 }
 
-/* ---- maxpool2d ------------------------------------------------------------- */
+/* ---- maxpool2d -------------------------------------------------------------
+ * The position of each window's maximum is saved as one byte, relative to
+ * the window (ky * k + kx), so windows up to 16x16 are supported. */
+#define MAX_POOL_WINDOW 16
+
 static void maxpool_backward(pare_ctx *ctx, pare_node *n)
 {
-    const int *arg = n->saved;
+    pool_dims d = dims_of(n->in[0], n->iarg[0], n->iarg[1]);
+    const uint8_t *arg = n->saved;
     const float *dy = n->out->grad;
     int fresh;
     float *dx = pare_grad_dst(ctx, n->in[0], &fresh);
     if (fresh) memset(dx, 0, n->in[0]->size * sizeof(float));
-    size_t out_plane = (size_t)n->out->shape[2] * n->out->shape[3];
-    size_t in_plane = (size_t)n->in[0]->shape[2] * n->in[0]->shape[3];
-    int planes = n->out->shape[0] * n->out->shape[1];
     /* Windows may overlap when stride < kernel: each plane is one thread's. */
 #pragma omp parallel for schedule(static)
-    for (int p = 0; p < planes; p++)
-        for (size_t i = 0; i < out_plane; i++) {
-            size_t o = (size_t)p * out_plane + i;
-            dx[(size_t)p * in_plane + (size_t)arg[o]] += dy[o];
-        }
+    for (int p = 0; p < d.planes; p++) {
+        float *dst = dx + (size_t)p * d.h * d.w;
+        size_t o = (size_t)p * d.oh * d.ow;
+        for (int oy = 0; oy < d.oh; oy++)
+            for (int ox = 0; ox < d.ow; ox++, o++) {
+                int ky = arg[o] / d.k, kx = arg[o] % d.k;
+                dst[(oy * d.s + ky) * d.w + ox * d.s + kx] += dy[o];
+            }
+    }
 }
 static const pare_op maxpool_op = {"maxpool2d", maxpool_backward};
 
-/* The common 2x2 window with stride 2, unrolled and branch-free (the
- * comparisons are data-dependent and mispredict half the time); the same
- * first-maximum rule as the general loop. */
-static void max2x2_plane(const pool_dims *d, const float *src, float *out, int *arg)
+/* The common 2x2 window with stride 2, written with selects so the compiler
+ * vectorizes it (the comparisons are data-dependent: as branches they
+ * mispredict half the time). The same first-maximum rule as the general loop. */
+static void max2x2_row(const float *restrict r0, const float *restrict r1, int ow, float *restrict out,
+                       uint8_t *restrict arg)
 {
-    for (int oy = 0; oy < d->oh; oy++) {
-        const float *r0 = src + (size_t)(2 * oy) * d->w, *r1 = r0 + d->w;
-        int base = 2 * oy * d->w;
-        for (int ox = 0; ox < d->ow; ox++) {
-            int c = 2 * ox, best = base + c;
-            float m = r0[c];
-            int t = r0[c + 1] > m;
-            m = t ? r0[c + 1] : m, best = t ? base + c + 1 : best;
-            t = r1[c] > m;
-            m = t ? r1[c] : m, best = t ? base + d->w + c : best;
-            t = r1[c + 1] > m;
-            m = t ? r1[c + 1] : m, best = t ? base + d->w + c + 1 : best;
-            out[oy * d->ow + ox] = m;
-            arg[oy * d->ow + ox] = best;
-        }
+    for (int ox = 0; ox < ow; ox++) {
+        float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], e = r1[2 * ox + 1];
+        float m = a;
+        int k = 0;
+        k = b > m ? 1 : k, m = b > m ? b : m;
+        k = c > m ? 2 : k, m = c > m ? c : m;
+        k = e > m ? 3 : k, m = e > m ? e : m;
+        out[ox] = m;
+        arg[ox] = (uint8_t)k;
     }
+}
+
+static void max_window_plane(const pool_dims *d, const float *src, float *out, uint8_t *arg)
+{
+    for (int oy = 0; oy < d->oh; oy++)
+        for (int ox = 0; ox < d->ow; ox++) {
+            const float *w0 = src + (size_t)oy * d->s * d->w + (size_t)ox * d->s;
+            int best = 0;
+            for (int ky = 0; ky < d->k; ky++)
+                for (int kx = 0; kx < d->k; kx++)
+                    if (w0[ky * d->w + kx] > w0[best / d->k * d->w + best % d->k]) best = ky * d->k + kx;
+            out[oy * d->ow + ox] = w0[best / d->k * d->w + best % d->k];
+            arg[oy * d->ow + ox] = (uint8_t)best;
+        }
 }
 
 pare_tensor *pare_f_maxpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int stride)
 {
+    PARE_CHECK(kernel >= 1 && kernel <= MAX_POOL_WINDOW, "maxpool2d: window %d outside [1, %d]", kernel,
+               MAX_POOL_WINDOW);
     pool_dims d = dims_of(x, kernel, stride);
     pare_tensor *y = pool_output(ctx, x, &d, "maxpool2d");
-    int *arg = pare_arena_alloc(&ctx->arena, y->size * sizeof(int));
+    uint8_t *arg = pare_arena_alloc(&ctx->arena, y->size);
     PARE_CHECK(arg, "arena full");
 #pragma omp parallel for schedule(static)
     for (int p = 0; p < d.planes; p++) {
         const float *src = x->data + (size_t)p * d.h * d.w;
-        if (d.k == 2 && d.s == 2) {
-            max2x2_plane(&d, src, y->data + (size_t)p * d.oh * d.ow, arg + (size_t)p * d.oh * d.ow);
-            continue;
-        }
-        for (int oy = 0; oy < d.oh; oy++)
-            for (int ox = 0; ox < d.ow; ox++) {
-                int best = oy * d.s * d.w + ox * d.s;
-                for (int ky = 0; ky < d.k; ky++)
-                    for (int kx = 0; kx < d.k; kx++) {
-                        int at = (oy * d.s + ky) * d.w + ox * d.s + kx;
-                        if (src[at] > src[best]) best = at;
-                    }
-                size_t o = ((size_t)p * d.oh + oy) * d.ow + ox;
-                y->data[o] = src[best];
-                arg[o] = best;
-            }
+        float *out = y->data + (size_t)p * d.oh * d.ow;
+        uint8_t *a = arg + (size_t)p * d.oh * d.ow;
+        if (d.k == 2 && d.s == 2)
+            for (int oy = 0; oy < d.oh; oy++)
+                max2x2_row(src + (size_t)2 * oy * d.w, src + (size_t)(2 * oy + 1) * d.w, d.ow, out + oy * d.ow,
+                           a + oy * d.ow);
+        else
+            max_window_plane(&d, src, out, a);
     }
     pare_node *n = pare_record(ctx, &maxpool_op, y, 1, &x);
-    if (n) n->saved = arg;
+    if (n) {
+        n->saved = arg;
+        n->iarg[0] = kernel;
+        n->iarg[1] = stride;
+    }
     return y;
 }
 

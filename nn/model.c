@@ -106,6 +106,8 @@ static int check_config(const pare_model *m, int i)
     if ((l->kind & (PARE_CONV2D | PARE_MAXPOOL2D | PARE_AVGPOOL2D)) && (l->kernel <= 0 || l->stride <= 0 || l->pad < 0))
         return pare_set_error("layer %d (%s): kernel %d, stride %d, padding %d are not valid", i, t, l->kernel,
                               l->stride, l->pad);
+    if ((l->kind & (PARE_MAXPOOL2D | PARE_AVGPOOL2D)) && l->kernel > 16)
+        return pare_set_error("layer %d (%s): pooling windows up to 16x16 are supported (got %d)", i, t, l->kernel);
     if (l->kind == PARE_DROPOUT && !(l->p >= 0.0f && l->p < 1.0f))
         return pare_set_error("layer %d (Dropout): probability %g is outside [0, 1)", i, (double)l->p);
     return 0;
