@@ -103,6 +103,11 @@ pare_tensor *pare_f_linear(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_t
 /* x[N,C,H,W] * w[O,C,k,k] + b[O]; b may be NULL. */
 pare_tensor *pare_f_conv2d(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b, int stride,
                          int pad);
+/* conv2d, then ReLU (relu = 1), then a max-pool with window and stride `pool`
+ * (0: none), as one op: bitwise the same as the three ops, without writing
+ * the intermediate activations. */
+pare_tensor *pare_f_conv2d_fused(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b, int stride,
+                                 int pad, int relu, int pool);
 /* pooling over [N,C,H,W] */
 pare_tensor *pare_f_maxpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int stride);
 pare_tensor *pare_f_avgpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int stride);

@@ -107,7 +107,10 @@ int pare_backward(pare_ctx *ctx, pare_tensor *loss)
     if (!loss->requires_grad || loss->node < 0)
         return pare_set_error("backward(): the loss does not depend on any tensor that requires grad "
                               "(was it computed in no-grad mode?)");
-    pare_grad_of(ctx, loss)[0] += 1.0f;
+    /* Gradients of intermediate tensors left by an earlier backward on the same
+     * tape must not flow again: start every node output without one. */
+    for (int i = 0; i <= loss->node; i++) ctx->tape[i].out->grad = NULL;
+    pare_grad_of(ctx, loss)[0] = 1.0f;
     /* A node's output grad is complete once every later node has run. */
     for (int i = loss->node; i >= 0; i--) {
         pare_node *node = &ctx->tape[i];

@@ -166,6 +166,29 @@ pare_tensor *pare_forward(pare_ctx *ctx, pare_model *m, pare_tensor *x)
     return pare_forward_layers(ctx, m, x, 0, m->n_layers);
 }
 
+/* Conv2d -> ReLU -> MaxPool2d (window = stride) runs as one fused op when no
+ * hook watches the outputs in between: the same numbers, bit for bit, without
+ * writing two activations. Returns how many following layers it absorbs. */
+static int fused_block(const pare_model *m, int i, int last, int *relu, int *pool)
+{
+    const pare_layer *l = m->layers[i];
+    *relu = *pool = 0;
+    if (l->kind != PARE_CONV2D || l->output_hooks.n || i + 1 >= last) return 0;
+    int extra = 0;
+    const pare_layer *next = m->layers[i + 1];
+    if (next->kind == PARE_RELU) {
+        *relu = 1;
+        extra = 1;
+        if (next->output_hooks.n || i + 2 >= last) return extra;
+        next = m->layers[i + 2];
+    }
+    if (next->kind == PARE_MAXPOOL2D && next->kernel == next->stride && next->kernel <= 16) {
+        *pool = next->kernel;
+        extra++;
+    }
+    return extra;
+}
+
 /* Without a tape nothing but the newest activation is needed: move it down
  * to where this forward pass began, so inference needs the memory of one
  * layer at a time, not of all of them. The destination never lies above the
@@ -199,7 +222,14 @@ pare_tensor *pare_forward_layers(pare_ctx *ctx, pare_model *m, pare_tensor *x, i
     if (first == 0 && m->input_hooks.n) x = pare_hook_run(ctx, &m->input_hooks, NULL, x);
     for (int i = first; i < last; i++) {
         pare_layer *l = m->layers[i];
-        x = l->type->forward(ctx, m, l, x);
+        int relu, pool, extra = fused_block(m, i, last, &relu, &pool);
+        if (extra) {
+            x = pare_f_conv2d_fused(ctx, x, pare_layer_weight(ctx, l), l->bias, l->stride, l->pad, relu, pool);
+            i += extra;
+            l = m->layers[i];
+        } else {
+            x = l->type->forward(ctx, m, l, x);
+        }
         if (l->output_hooks.n) x = pare_hook_run(ctx, &l->output_hooks, l, x);
         if (!ctx->grad_enabled) x = relocate(ctx, x, entry);
     }
