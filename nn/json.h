@@ -31,19 +31,19 @@ typedef enum pare_json_type {
 typedef struct pare_json pare_json;
 struct pare_json {
     pare_json_type type;
-    int boolean;         /* BOOL */
-    int is_int;          /* NUMBER written without fraction or exponent, in int64 range */
-    int64_t i;           /* NUMBER, when is_int */
-    double num;          /* NUMBER, always (finite) */
-    const char *str;     /* STRING: decoded UTF-8, NUL-terminated */
-    size_t len;          /* STRING: bytes; ARRAY/OBJECT: element count */
-    const char *key;     /* set when this value is a member of an object */
-    pare_json *first;    /* ARRAY/OBJECT: first element, chained by next */
+    int boolean;      /* BOOL */
+    int is_int;       /* NUMBER written without fraction or exponent, in int64 range */
+    int64_t i;        /* NUMBER, when is_int */
+    double num;       /* NUMBER, always (finite) */
+    const char *str;  /* STRING: decoded UTF-8, NUL-terminated */
+    size_t len;       /* STRING: bytes; ARRAY/OBJECT: element count */
+    const char *key;  /* set when this value is a member of an object */
+    pare_json *first; /* ARRAY/OBJECT: first element, chained by next */
     pare_json *next;
-    size_t offset;       /* byte offset of the value in the text, for messages */
+    size_t offset; /* byte offset of the value in the text, for messages */
 };
 
-#define PARE_JSON_MAX_DEPTH 64
+#define PARE_JSON_MAX_DEPTH  64
 #define PARE_JSON_MAX_VALUES ((size_t)1 << 20)
 
 /* A parsed document owns every node and string in one arena. */
@@ -73,7 +73,7 @@ typedef struct pare_jw {
 } pare_jw;
 
 void pare_jw_raw(pare_jw *w, const char *s);
-void pare_jw_str(pare_jw *w, const char *s);   /* quoted and escaped */
+void pare_jw_str(pare_jw *w, const char *s); /* quoted and escaped */
 void pare_jw_int(pare_jw *w, long long v);
 void pare_jw_uint(pare_jw *w, uint64_t v);
 /* The shortest decimal that reads back as the same float. */

@@ -195,16 +195,20 @@ void pare_init_uniform(pare_tensor *t, float bound, pare_rng *rng);
 pare_model *pare_model_zoo(const char *arch);
 const char *const *pare_model_zoo_names(void);
 
-/* ---- save / load (safetensors) ------------------------------------------- */
+/* ---- save / load (safetensors; the generic reader/writer is nn/safetensors.h) */
 /* Writes atomically (temp file, fsync, rename). metadata: NULL-terminated
  * key, value pairs added to pare.format, pare.version and pare.arch. */
 int pare_save(pare_model *m, const char *path, const char *const *metadata);
 /* Loads a model; its architecture comes from pare.arch, or from arch_name
  * for a file without pare metadata (from PyTorch). Returns NULL on error. */
 pare_model *pare_load(const char *path, const char *arch_name);
-/* Loads weights into an existing, built model (names and shapes must match). */
+/* Loads weights into an existing, built model: every tensor must be there as
+ * F32 with its shape, and a tensor the model lacks is an error (except
+ * PyTorch's *.num_batches_tracked). Nothing is copied unless all match. */
 int pare_load_into(pare_model *m, const char *path);
-/* The architecture as JSON (the layer list), and back. */
+/* The architecture as JSON (the layer list), and back. to_json returns the
+ * length as snprintf does (buf may be NULL with len 0), or -1 if the model
+ * was never built; from_json builds the model (pare_build) or returns NULL. */
 int pare_arch_to_json(const pare_model *m, char *buf, size_t len);
 pare_model *pare_arch_from_json(const char *json);
 
