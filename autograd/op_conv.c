@@ -187,6 +187,30 @@ static void conv_backward(pare_ctx *ctx, pare_node *node)
 }
 static const pare_op conv_op = {"conv2d", conv_backward};
 
+/* Forward of samples [n0, n0 + n): columns, product, epilogue into out.
+ * Returns the columns, which stay allocated when `keep` (for backward); the
+ * product in [O, n*P] order is scratch and released. */
+#define CONV_CHUNK 64
+static float *conv_chunk(pare_ctx *ctx, const pare_conv_geom *g, const pare_tensor *x, int n0, int n,
+                         const pare_tensor *w, const pare_tensor *b, int relu, int pool, float *out, uint8_t *arg,
+                         int keep)
+{
+    int O = w->shape[0], K = g->c * g->kh * g->kw;
+    size_t P = (size_t)g->oh * g->ow, NP = (size_t)n * P, img = (size_t)g->c * g->h * g->w;
+    pare_arena_pos start = pare_arena_pos_get(&ctx->arena);
+    float *col = pare_arena_alloc(&ctx->arena, (size_t)K * NP * sizeof(float));
+    pare_arena_pos scratch = pare_arena_pos_get(&ctx->arena);
+    float *ymat = pare_arena_alloc(&ctx->arena, (size_t)O * NP * sizeof(float));
+    PARE_CHECK(col && ymat, "arena full");
+    const float *xs = x->data + (size_t)n0 * img;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) pare_im2col(g, xs + (size_t)i * img, col + (size_t)i * P, NP);
+    pare_sgemm(0, 0, O, (int)NP, K, 1.0f, w->data, K, col, (int)NP, 0.0f, ymat, (int)NP);
+    epilogue(ymat, b ? b->data : NULL, n, O, g, relu, pool, out, arg);
+    pare_arena_rewind(&ctx->arena, keep ? scratch : start);
+    return keep ? col : NULL;
+}
+
 pare_tensor *pare_f_conv2d_fused(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b, int stride, int pad,
                                  int relu, int pool)
 {
@@ -197,23 +221,22 @@ pare_tensor *pare_f_conv2d_fused(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, 
     PARE_CHECK(g.oh > 0 && g.ow > 0, "conv2d: %dx%d kernel does not fit a %dx%d input", g.kh, g.kw, g.h, g.w);
     PARE_CHECK(pool >= 0 && pool <= 16 && (!pool || (g.oh >= pool && g.ow >= pool)),
                "conv2d: a %d-pool does not fit a %dx%d output", pool, g.oh, g.ow);
-    int N = x->shape[0], O = w->shape[0], K = g.c * g.kh * g.kw;
-    size_t P = (size_t)g.oh * g.ow, NP = (size_t)N * P, img = (size_t)g.c * g.h * g.w;
-    /* Output and saved values first, then the columns (kept for backward),
-     * then the product in [O, N*P] order, which is scratch. */
+    int N = x->shape[0], O = w->shape[0];
     pare_tensor *y = pool ? pare_tensor_4d(&ctx->arena, N, O, g.oh / pool, g.ow / pool)
                           : pare_tensor_4d(&ctx->arena, N, O, g.oh, g.ow);
     uint8_t *arg = pool ? pare_arena_alloc(&ctx->arena, y->size) : NULL;
-    float *col = pare_arena_alloc(&ctx->arena, (size_t)K * NP * sizeof(float));
-    pare_arena_pos scratch = pare_arena_pos_get(&ctx->arena);
-    float *ymat = pare_arena_alloc(&ctx->arena, (size_t)O * NP * sizeof(float));
-    PARE_CHECK(col && ymat && (arg || !pool), "arena full");
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) pare_im2col(&g, x->data + (size_t)n * img, col + (size_t)n * P, NP);
-    pare_sgemm(0, 0, O, (int)NP, K, 1.0f, w->data, K, col, (int)NP, 0.0f, ymat, (int)NP);
-    epilogue(ymat, b ? b->data : NULL, N, O, &g, relu, pool, y->data, arg);
-    pare_arena_rewind(&ctx->arena, scratch);
+    PARE_CHECK(arg || !pool, "arena full");
     pare_tensor *in[3] = {x, w, b};
+    int taped = ctx->grad_enabled && (pare_wants_grad(x) || pare_wants_grad(w) || pare_wants_grad(b));
+    /* Backward needs the whole batch's columns; without it, a chunk of samples
+     * at a time keeps the scratch independent of the batch size. */
+    int chunk = taped ? N : CONV_CHUNK;
+    float *col = NULL;
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int n = N - n0 < chunk ? N - n0 : chunk;
+        size_t at = (size_t)n0 * O * (y->size / ((size_t)N * O));
+        col = conv_chunk(ctx, &g, x, n0, n, w, b, relu, pool, y->data + at, arg ? arg + at : NULL, taped);
+    }
     pare_node *node = pare_record(ctx, &conv_op, y, b ? 3 : 2, in);
     if (node) {
         conv_saved *s = pare_arena_alloc(&ctx->arena, sizeof *s);

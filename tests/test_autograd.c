@@ -403,3 +403,18 @@ TEST(a_second_backward_does_not_reuse_stale_gradients)
     pare_ctx_free(ctx);
     pare_tensor_free(x);
 }
+
+/* Without a tape the convolution runs 64 samples at a time; the output must
+ * not change (70 samples: a full chunk and a partial one). */
+TEST(conv_without_tape_gives_the_same_output_in_chunks)
+{
+    int sx[4] = {70, 2, 9, 9}, sw[4] = {5, 2, 3, 3}, sb[1] = {5};
+    pare_tensor *x = param(4, sx, -1, 1, 80), *w = param(4, sw, -1, 1, 81), *b = param(1, sb, -1, 1, 82);
+    pare_ctx *ctx = pare_ctx_new(0);
+    pare_tensor *taped = pare_f_conv2d_fused(ctx, x, w, b, 1, 1, 1, 2);
+    pare_set_grad_enabled(ctx, 0);
+    pare_tensor *chunked = pare_f_conv2d_fused(ctx, x, w, b, 1, 1, 1, 2);
+    CHECK(memcmp(taped->data, chunked->data, taped->size * sizeof(float)) == 0);
+    pare_ctx_free(ctx);
+    pare_tensor_free(x), pare_tensor_free(w), pare_tensor_free(b);
+}
