@@ -73,6 +73,12 @@ fuzz:
 
 bench: $(BENCH_BIN) $(BUILD)/mnist
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+	@if [ -f data/mnist/train-images-idx3-ubyte ] && [ -x /usr/bin/time ]; then \
+	  echo "== peak memory: build/mnist train --arch seedcnn --epochs 1 (dataset included)"; \
+	  /usr/bin/time -f "peak RSS %M KB (PyTorch on the protocol: 734 MB)" \
+	    $(BUILD)/mnist train --arch seedcnn --epochs 1 >/dev/null 2>$(BUILD)/bench_rss.log; \
+	  tail -n 1 $(BUILD)/bench_rss.log; \
+	else echo "(peak memory: needs data/mnist, run make data, and /usr/bin/time)"; fi
 
 # The same protocol in PyTorch (Debian's python3-torch), side by side.
 bench-torch: $(BUILD)/bench_train
