@@ -8,9 +8,10 @@ BUILD   ?= build
 ARCHFLAGS := $(if $(filter 1,$(PORTABLE)),,-march=native)
 OMPFLAGS  := $(if $(filter 1,$(OPENMP)),-fopenmp,)
 # -ffp-contract=off: no silent FMA contraction; kernels choose FMA explicitly.
-CFLAGS  ?= -O3
-CFLAGS  += -std=c11 $(ARCHFLAGS) -ffp-contract=off -fno-math-errno -Wall -Wextra -Wpedantic \
-           -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -I. $(OMPFLAGS) -MMD -MP
+# OPT is the optimization (and sanitizer) part; EXTRA_CFLAGS is added last.
+OPT     ?= -O3
+CFLAGS  := $(OPT) -std=c11 $(ARCHFLAGS) -ffp-contract=off -fno-math-errno -Wall -Wextra -Wpedantic \
+           -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -I. $(OMPFLAGS) -MMD -MP $(EXTRA_CFLAGS)
 LDLIBS  += -lm $(OMPFLAGS)
 
 MODULES := tensor autograd nn optim compress data
@@ -52,7 +53,7 @@ test: $(TEST_BIN)
 # AddressSanitizer + UndefinedBehaviorSanitizer over the whole test suite.
 san:
 	$(MAKE) --no-print-directory BUILD=build/san OPENMP=0 \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  build/san/test_pare
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/san/test_pare
 
