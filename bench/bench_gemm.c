@@ -35,6 +35,7 @@ static const shape shapes[] = {
 
 #define REPS 9
 #define REP_SECONDS 0.004
+#define SHAPE_SECONDS 0.4
 
 static double now(void)
 {
@@ -49,24 +50,29 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Median seconds per call of one shape at the current thread count. */
+/* Median seconds per call of one shape at the current thread count. On a busy
+ * machine a shape stops after SHAPE_SECONDS (at least 3 repetitions), so the
+ * whole run stays short. */
 static double time_shape(const shape *s, const float *A, int lda, const float *B, int ldb, float *C)
 {
-    for (int w = 0; w < 3; w++)
+    double start = now(), one = 1e30;
+    for (int w = 0; w < 3; w++) {
+        double t0 = now();
         pare_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
-    double t0 = now();
-    pare_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
-    double one = now() - t0;
+        double t = now() - t0;
+        if (t < one) one = t;
+    }
     int calls = one > 0 ? (int)(REP_SECONDS / one) + 1 : 1000;
     double t[REPS];
-    for (int r = 0; r < REPS; r++) {
-        t0 = now();
+    int reps = 0;
+    while (reps < REPS && (reps < 3 || now() - start < SHAPE_SECONDS)) {
+        double t0 = now();
         for (int c = 0; c < calls; c++)
             pare_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
-        t[r] = (now() - t0) / calls;
+        t[reps++] = (now() - t0) / calls;
     }
-    qsort(t, REPS, sizeof t[0], cmp_double);
-    return t[REPS / 2];
+    qsort(t, (size_t)reps, sizeof t[0], cmp_double);
+    return t[reps / 2];
 }
 
 int main(void)

@@ -31,7 +31,6 @@
  * Memory: scratch grows once through pare_alloc, per calling thread, and is
  * reused; a call of a size already seen allocates nothing. */
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 
 #include "tensor.h"
@@ -56,14 +55,15 @@
 #define MRB 8    /* usual tile height: 16 accumulators */
 #define MRMAX 12 /* tallest tile: 24 accumulators + 2 B + 1 broadcast */
 #else
-#define NR 16
-#define MRB 6
-#define MRMAX 8
+#define NR 16    /* two ymm per tile row on AVX2 */
+#define MRB 6    /* 12 accumulators of 16 registers */
+#define MRMAX 6
 #endif
 #define KCMAX 384  /* K block: an A panel (R x kc) stays in L1 */
 #define NCB 512    /* columns of B packed at a time: kc x NCB stays in L2 */
 #define DOT_MAX 12 /* the dot path's narrow side: up to 2 x 12 accumulators */
 #define DOT_KC 512 /* k per chunk in the dot path: the narrow side stays in L1 */
+#define DOT_MAX_OUT (1 << 16) /* bounds the dot path's scratch (16 floats an output) */
 /* Below this many multiply-adds a call runs on one thread: a fork costs more. */
 #define PAR_MIN_MADDS (1 << 18)
 
@@ -181,18 +181,23 @@ static inline __attribute__((always_inline)) void tile_kernel(const int R, KERNE
     }
 }
 #else
+/* Plain C: with R and NR constant the loops unroll completely, the tile's
+ * accumulators become registers and each j loop a vector multiply-add. */
 static inline __attribute__((always_inline)) void tile_kernel(const int R, KERNEL_PARAMS)
 {
     float acc[MRMAX][NR];
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++)
+#pragma GCC unroll 16
         for (int j = 0; j < NR; j++) acc[i][j] = 0.0f;
     for (int k = 0; k < kc; k++) {
+        const float *ak = a + k * csa, *bk = b + k * ldbs;
+#pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
-            float ai = a[i * rsa];
-            for (int j = 0; j < NR; j++) acc[i][j] = MADD(ai, b[j], acc[i][j]);
+            float ai = ak[i * rsa];
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) acc[i][j] = MADD(ai, bk[j], acc[i][j]);
         }
-        a += csa;
-        b += ldbs;
     }
     for (int i = 0; i < R; i++) {
         float *ci = c + i * ldc;
@@ -214,9 +219,9 @@ static void kernel(int R, KERNEL_PARAMS)
     switch (R) {
 #define CASE(r) \
     case r: tile_kernel(r, KERNEL_ARGS); break;
-        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
-#if MRMAX > 8
-        CASE(9) CASE(10) CASE(11) CASE(12)
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#if MRMAX > 6
+        CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
 #endif
 #undef CASE
     default: PARE_CHECK(0, "sgemm: tile height %d out of range", R);
@@ -367,6 +372,7 @@ static share my_share(const plan *p, int tid, int nth)
  * at a time sits in L1 while the block's strips stream past it. */
 static void run_tiles(const plan *p, share sh, float *bbuf, float *abuf)
 {
+    if (sh.pb >= sh.pe || sh.sb >= sh.se) return; /* more threads than tiles */
     for (int jb = sh.sb; jb < sh.se; jb += NCB / NR) {
         int je = sh.se - jb < NCB / NR ? sh.se : jb + NCB / NR;
         int j0 = jb * NR, ncols = (p->N < je * NR ? p->N : je * NR) - j0;
@@ -432,7 +438,7 @@ static inline void dot_store(const dotplan *d, int i, int j, float sum)
     *c = d->beta == 0.0f ? r : d->beta == 1.0f ? *c + r : d->beta * *c + r;
 }
 
-/* A pair (RA = 2) or a single row of W against all of V over k in
+/* A pair of rows (or a single last row) of W against all of V over k in
  * [k0, k0+kc): 16 lane-wise partial sums per element (lane = k mod 16),
  * carried in `acc` between chunks; after the last chunk the lanes are added
  * in a fixed tree (l + l+8, then l+4, l+2, l+1) and C is written. */
@@ -447,106 +453,104 @@ static inline float lane_sum(__m512 v)
     return _mm_cvtss_f32(q);
 }
 
-static inline __attribute__((always_inline)) void dot_tile(const int RA, const int n,
-                                                           const dotplan *d, int i0, int k0,
-                                                           int kc, float *restrict acc)
+/* Two rows of W; for a lone last row both point at it and the copy is not stored. */
+static inline __attribute__((always_inline)) void dot_tile(const int n, const dotplan *d, int i0,
+                                                           int rows, int k0, int kc,
+                                                           float *restrict acc)
 {
-    const float *w = d->W + (size_t)i0 * d->ldw + k0, *v = d->V + k0;
-    size_t ldw = d->ldw, ldv = d->ldv;
+    const float *w0 = d->W + (size_t)i0 * d->ldw + k0, *w1 = rows > 1 ? w0 + d->ldw : w0;
+    const float *v = d->V + k0;
+    size_t ldv = d->ldv;
     int first = k0 == 0, last = k0 + kc == d->K;
-    __m512 s[2][DOT_MAX];
-#pragma GCC unroll 2
-    for (int i = 0; i < RA; i++)
+    __m512 s0[DOT_MAX], s1[DOT_MAX];
 #pragma GCC unroll 12
-        for (int j = 0; j < n; j++)
-            s[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc + (i * n + j) * 16);
+    for (int j = 0; j < n; j++) {
+        s0[j] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc + j * 16);
+        s1[j] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc + (n + j) * 16);
+    }
     int k = 0;
     for (; k + 16 <= kc; k += 16) {
-        __m512 a0 = _mm512_loadu_ps(w + k), a1 = RA > 1 ? _mm512_loadu_ps(w + ldw + k) : a0;
+        __m512 a0 = _mm512_loadu_ps(w0 + k), a1 = _mm512_loadu_ps(w1 + k);
 #pragma GCC unroll 12
         for (int j = 0; j < n; j++) {
             __m512 b = _mm512_loadu_ps(v + j * ldv + k);
-            s[0][j] = _mm512_fmadd_ps(a0, b, s[0][j]);
-            if (RA > 1) s[1][j] = _mm512_fmadd_ps(a1, b, s[1][j]);
+            s0[j] = _mm512_fmadd_ps(a0, b, s0[j]);
+            s1[j] = _mm512_fmadd_ps(a1, b, s1[j]);
         }
     }
-    if (k < kc) { /* the k tail: masked lanes add exact zeros */
+    if (k < kc) { /* the k tail: masked lanes load zeros and add exact zeros */
         __mmask16 m = (__mmask16)((1u << (kc - k)) - 1);
-        __m512 a0 = _mm512_maskz_loadu_ps(m, w + k);
-        __m512 a1 = RA > 1 ? _mm512_maskz_loadu_ps(m, w + ldw + k) : a0;
+        __m512 a0 = _mm512_maskz_loadu_ps(m, w0 + k), a1 = _mm512_maskz_loadu_ps(m, w1 + k);
 #pragma GCC unroll 12
         for (int j = 0; j < n; j++) {
             __m512 b = _mm512_maskz_loadu_ps(m, v + j * ldv + k);
-            s[0][j] = _mm512_fmadd_ps(a0, b, s[0][j]);
-            if (RA > 1) s[1][j] = _mm512_fmadd_ps(a1, b, s[1][j]);
+            s0[j] = _mm512_fmadd_ps(a0, b, s0[j]);
+            s1[j] = _mm512_fmadd_ps(a1, b, s1[j]);
         }
     }
-#pragma GCC unroll 2
-    for (int i = 0; i < RA; i++)
 #pragma GCC unroll 12
-        for (int j = 0; j < n; j++) {
-            if (last)
-                dot_store(d, i0 + i, j, lane_sum(s[i][j]));
-            else
-                _mm512_store_ps(acc + (i * n + j) * 16, s[i][j]);
+    for (int j = 0; j < n; j++) {
+        if (!last) {
+            _mm512_store_ps(acc + j * 16, s0[j]);
+            _mm512_store_ps(acc + (n + j) * 16, s1[j]);
+            continue;
         }
-}
-#else
-static inline __attribute__((always_inline)) void dot_tile(const int RA, const int n,
-                                                           const dotplan *d, int i0, int k0,
-                                                           int kc, float *restrict acc)
-{
-    const float *w = d->W + (size_t)i0 * d->ldw + k0, *v = d->V + k0;
-    size_t ldw = d->ldw, ldv = d->ldv;
-    int first = k0 == 0, last = k0 + kc == d->K;
-    float s[2][DOT_MAX][16];
-    for (int i = 0; i < RA; i++)
-        for (int j = 0; j < n; j++)
-            for (int l = 0; l < 16; l++) s[i][j][l] = first ? 0.0f : acc[(i * n + j) * 16 + l];
-    for (int k = 0; k < kc; k += 16) {
-        int len = kc - k < 16 ? kc - k : 16;
-        float a[2][16], b[16];
-        for (int i = 0; i < RA; i++)
-            for (int l = 0; l < 16; l++) a[i][l] = l < len ? w[i * ldw + k + l] : 0.0f;
-        for (int j = 0; j < n; j++) {
-            for (int l = 0; l < 16; l++) b[l] = l < len ? v[j * ldv + k + l] : 0.0f;
-            for (int i = 0; i < RA; i++)
-                for (int l = 0; l < 16; l++) s[i][j][l] = MADD(a[i][l], b[l], s[i][j][l]);
-        }
+        dot_store(d, i0, j, lane_sum(s0[j]));
+        if (rows > 1) dot_store(d, i0 + 1, j, lane_sum(s1[j]));
     }
-    for (int i = 0; i < RA; i++)
-        for (int j = 0; j < n; j++) {
-            float *t = s[i][j];
-            if (!last) {
-                memcpy(acc + (i * n + j) * 16, t, 16 * sizeof(float));
-                continue;
-            }
-            for (int h = 8; h >= 1; h /= 2)
-                for (int l = 0; l < h; l++) t[l] += t[l + h];
-            dot_store(d, i0 + i, j, t[0]);
-        }
 }
-#endif
 
-static void dot_kernel(int RA, const dotplan *d, int i0, int k0, int kc, float *acc)
+static void dot_kernel(int rows, const dotplan *d, int i0, int k0, int kc, float *acc)
 {
     switch (d->n) {
-#define CASE(r)                                      \
-    case r:                                          \
-        if (RA == 2)                                 \
-            dot_tile(2, r, d, i0, k0, kc, acc);      \
-        else                                         \
-            dot_tile(1, r, d, i0, k0, kc, acc);      \
-        break;
+#define CASE(r) \
+    case r: dot_tile(r, d, i0, rows, k0, kc, acc); break;
         CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
         CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
 #undef CASE
     default: PARE_CHECK(0, "sgemm: dot width %d out of range", d->n);
     }
 }
+#else
+/* Plain C, one row of W at a time: the same 16 lanes and the same final tree
+ * as the AVX-512 version; the compiler vectorizes the lane loops. */
+static void dot_row(const dotplan *d, int i0, int k0, int kc, float *restrict acc)
+{
+    const float *w = d->W + (size_t)i0 * d->ldw + k0, *v = d->V + k0;
+    size_t ldv = d->ldv;
+    int n = d->n, first = k0 == 0, last = k0 + kc == d->K;
+    float s[DOT_MAX][16];
+    for (int j = 0; j < n; j++)
+        for (int l = 0; l < 16; l++) s[j][l] = first ? 0.0f : acc[j * 16 + l];
+    for (int k = 0; k < kc; k += 16) {
+        float a[16], b[16];
+        int len = kc - k < 16 ? kc - k : 16; /* the k tail adds exact zeros */
+        for (int l = 0; l < 16; l++) a[l] = l < len ? w[k + l] : 0.0f;
+        for (int j = 0; j < n; j++) {
+            for (int l = 0; l < 16; l++) b[l] = l < len ? v[j * ldv + k + l] : 0.0f;
+            for (int l = 0; l < 16; l++) s[j][l] = MADD(a[l], b[l], s[j][l]);
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        float *t = s[j];
+        if (!last) {
+            memcpy(acc + j * 16, t, 16 * sizeof(float));
+            continue;
+        }
+        for (int h = 8; h >= 1; h /= 2)
+            for (int l = 0; l < h; l++) t[l] += t[l + h];
+        dot_store(d, i0, j, t[0]);
+    }
+}
+
+static void dot_kernel(int rows, const dotplan *d, int i0, int k0, int kc, float *acc)
+{
+    for (int i = 0; i < rows; i++) dot_row(d, i0 + i, k0, kc, acc ? acc + i * d->n * 16 : NULL);
+}
+#endif
 
 /* Threads take whole pairs; k runs in chunks so V's chunk stays in L1 while
- * the pairs stream past it. */
+ * the pairs stream past it. acc is NULL when K fits one chunk. */
 static void run_dots(const dotplan *d, int tid, int nth, float *acc)
 {
     int pairs = (d->nw + 1) / 2;
@@ -555,7 +559,7 @@ static void run_dots(const dotplan *d, int tid, int nth, float *acc)
         int kc = d->K - k0 < DOT_KC ? d->K - k0 : DOT_KC;
         for (int q = pb; q < pe; q++)
             dot_kernel(d->nw - 2 * q < 2 ? 1 : 2, d, 2 * q, k0, kc,
-                       acc + (size_t)(q - pb) * 2 * d->n * 16);
+                       acc ? acc + (size_t)(q - pb) * 2 * d->n * 16 : NULL);
     }
 }
 
@@ -606,13 +610,17 @@ static void sgemm_dots(int M, int N, int K, float alpha, const float *A, int lda
         d = t;
     }
     int maxth = max_threads();
-    size_t per = round16((size_t)((d.nw + 1) / 2 + 1) * 2 * d.n * 16);
-    float *acc = scratch(per * (size_t)maxth);
+    /* Partial sums carried between chunks of k: 16 floats per element. */
+    size_t per = K > DOT_KC ? round16((size_t)((d.nw + 1) / 2 + 1) * 2 * d.n * 16) : 0;
+    float *acc = per ? scratch(per * (size_t)maxth) : NULL;
     int par = maxth > 1 && (double)M * N * K >= PAR_MIN_MADDS && d.nw > 2;
     (void)par;
 #ifdef _OPENMP
 #pragma omp parallel if (par)
-    run_dots(&d, omp_get_thread_num(), omp_get_num_threads(), acc + per * (size_t)omp_get_thread_num());
+    {
+        int tid = omp_get_thread_num();
+        run_dots(&d, tid, omp_get_num_threads(), acc ? acc + per * (size_t)tid : NULL);
+    }
 #else
     run_dots(&d, 0, 1, acc);
 #endif
@@ -626,7 +634,8 @@ void pare_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, cons
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    if (!trans_a && trans_b && (M <= DOT_MAX || N <= DOT_MAX) && K >= 32) {
+    if (!trans_a && trans_b && (M <= DOT_MAX || N <= DOT_MAX) && K >= 32 &&
+        (size_t)M * N <= DOT_MAX_OUT) {
         sgemm_dots(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
