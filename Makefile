@@ -44,7 +44,7 @@ $(BUILD)/seed_%: $(BUILD)/obj/examples/seed_%.o $(BUILD)/obj/examples/cli.o $(LI
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 $(TEST_BIN): $(TEST_SRC:%.c=$(BUILD)/obj/%.o) $(LIB)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
-$(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(LIB)
+$(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(BUILD)/obj/examples/cli.o $(LIB)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 test: $(TEST_BIN)
