@@ -105,8 +105,10 @@ format:
 	clang-format -i $(LIB_SRC) $(wildcard */*.h) $(wildcard examples/*.c tests/*.c bench/*.c)
 
 lint:
-	cppcheck --quiet --enable=warning,performance,portability --error-exitcode=1 \
-	  --suppress=missingIncludeSystem -I. $(MODULES) examples tests
+	@# varFuncNullUB: NULL ends pare_sequential's layer list; it is ((void *)0) in C.
+	@# -D__GNUC__: gcc and clang both define it, and it shows cppcheck the noreturn attributes.
+	cppcheck --quiet -D__GNUC__ --enable=warning,performance,portability --error-exitcode=1 --inline-suppr \
+	  --suppress=missingIncludeSystem --suppress=varFuncNullUB -I. $(MODULES) examples tests bench
 	clang-tidy --quiet $(LIB_SRC) -- -std=c11 -I. -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 
 clean:

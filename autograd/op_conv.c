@@ -51,7 +51,8 @@ static void pool2_select(const float *restrict v0, const float *restrict v1, con
                          const float *restrict v3, int n, float *restrict d, uint8_t *restrict a)
 {
     for (int j = 0; j < n; j++) {
-        float m = v0[j], k = 0.0f; /* k as a float: gcc vectorizes float selects, not mixed ones */
+        /* k as a float: gcc vectorizes float selects, not mixed ones */
+        float m = v0[j], k = 0.0f; // NOLINT(clang-analyzer-core.uninitialized.Assign): v0..v3 are filled for j < n
         k = v1[j] > m ? 1.0f : k, m = v1[j] > m ? v1[j] : m;
         k = v2[j] > m ? 2.0f : k, m = v2[j] > m ? v2[j] : m;
         k = v3[j] > m ? 3.0f : k, m = v3[j] > m ? v3[j] : m;

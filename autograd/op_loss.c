@@ -16,7 +16,8 @@ static void log_softmax_rows(const float *x, int N, int K, float *out)
         float m = pare_vec_max(r, (size_t)K);
         double s = 0;
         for (int k = 0; k < K; k++) s += exp((double)r[k] - m);
-        float lse = m + (float)log(s);
+        /* s >= 1: the maximum contributes exp(0) */
+        float lse = m + (float)log(s); // cppcheck-suppress invalidFunctionArg
         for (int k = 0; k < K; k++) out[(size_t)i * K + k] = r[k] - lse;
     }
 }

@@ -20,9 +20,9 @@ typedef struct cli_opt {
  * problem and the usage to stderr and exits with status 2. --help prints the
  * usage and exits 0. */
 void cli_parse(int argc, char **argv, int first, const cli_opt *opts, int n_opts, const char *usage);
-_Noreturn void cli_usage_error(const char *usage, const cli_opt *opts, int n_opts, const char *fmt, ...);
+PARE_NORETURN void cli_usage_error(const char *usage, const cli_opt *opts, int n_opts, const char *fmt, ...);
 /* Prints "error: <pare_error()>" (with context) and exits 1. */
-_Noreturn void cli_die(const char *context);
+PARE_NORETURN void cli_die(const char *context);
 
 /* Sets the thread count (0: all cores) and returns what is in effect. */
 int cli_threads(int requested);

@@ -454,7 +454,7 @@ void pare_jw_float(pare_jw *w, float v)
         char *comma = strchr(b, ','); /* a locale with a decimal comma */
         if (comma) *comma = '.';
         char tmp[48];
-        strcpy(tmp, b);
+        memcpy(tmp, b, sizeof tmp);
         const char *dp = localeconv()->decimal_point;
         char *dot = strchr(tmp, '.');
         if (dot && dp && dp[0] && !dp[1]) *dot = dp[0];

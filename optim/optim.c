@@ -236,6 +236,7 @@ pare_optim *pare_optim_new(pare_model *m, const pare_optim_config *cfg)
     for (int i = 0; i < n; i++) {
         o->slots[i].size = o->params[i].t->size;
         for (int s = 0; s < n_state; s++) {
+            /* cppcheck-suppress invalidPointerCast ; carved from one 64-byte aligned block */
             o->slots[i].state[s] = (float *)(block + off);
             off += round64(o->slots[i].size * sizeof(float));
         }
@@ -363,7 +364,8 @@ float pare_lr_at(const pare_lr_schedule *s, int epoch)
             return pare_set_error("StepLR: step_size %d must be positive and gamma %g positive and finite",
                                   s->step_size, (double)s->gamma),
                    NAN;
-        return (float)(base * pow(decimal(s->gamma), (double)(epoch / s->step_size)));
+        /* integer division: the number of completed steps */
+        return (float)(base * pow(decimal(s->gamma), (double)(epoch / s->step_size))); // NOLINT(bugprone-integer-division)
     case PARE_LR_COSINE: {
         if (s->total <= 0 || !(s->min_lr >= 0.0f) || !isfinite(s->min_lr))
             return pare_set_error("CosineAnnealingLR: total %d must be positive and min_lr %g >= 0 and finite",

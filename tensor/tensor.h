@@ -25,7 +25,13 @@ int pare_set_error(const char *fmt, ...)
 #endif
     ;
 void pare_clear_error(void);
-_Noreturn void pare_fatal(const char *file, int line, const char *fmt, ...);
+/* GNU's spelling as well as C11's, so that analyzers see the abort path. */
+#if defined(__GNUC__)
+#define PARE_NORETURN _Noreturn __attribute__((noreturn))
+#else
+#define PARE_NORETURN _Noreturn
+#endif
+PARE_NORETURN void pare_fatal(const char *file, int line, const char *fmt, ...);
 #define PARE_CHECK(cond, ...)                                 \
     do {                                                      \
         if (!(cond)) pare_fatal(__FILE__, __LINE__, __VA_ARGS__); \
