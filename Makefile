@@ -47,7 +47,7 @@ $(TEST_BIN): $(TEST_SRC:%.c=$(BUILD)/obj/%.o) $(LIB)
 $(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(BUILD)/obj/examples/cli.o $(LIB)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-test: $(TEST_BIN)
+test: all $(TEST_BIN)
 	$(TEST_BIN)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer over the whole test suite.
