@@ -39,7 +39,7 @@ struct pare_ctx {
     int grad_enabled;      /* 0 inside no-grad regions */
     int training;          /* dropout and batchnorm behaviour */
     uint64_t seed;         /* for dropout masks */
-    uint64_t step;         /* counter for dropout masks; advanced by the caller */
+    uint64_t step;         /* dropout counter: each dropout call takes the next value */
 };
 
 /* A context owns one arena. arena_bytes = 0 picks a default first block. */
