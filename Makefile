@@ -27,6 +27,8 @@ BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/%)
 FUZZ_SRC  := $(wildcard tests/fuzz_*.c)
 
+# Keep object files that pattern rules make along the way.
+.SECONDARY:
 .PHONY: all test san fuzz bench bench-torch data mnist install clean format lint help golden
 all: $(LIB) $(EXAMPLES)
 

@@ -15,7 +15,7 @@ static void relu_backward(pare_ctx *ctx, pare_node *n)
     int fresh;
     float *dx = pare_grad_dst(ctx, n->in[0], &fresh);
     size_t size = n->out->size;
-#pragma omp parallel for schedule(static) if (size > 65536)
+#pragma omp parallel for schedule(static) if (size > PARE_PARALLEL_MIN)
     for (size_t i = 0; i < size; i++) {
         float g = y[i] > 0.0f ? dy[i] : 0.0f;
         dx[i] = fresh ? g : dx[i] + g;
@@ -29,7 +29,7 @@ pare_tensor *pare_f_relu(pare_ctx *ctx, pare_tensor *x)
     const float *xd = x->data;
     float *yd = y->data;
     size_t size = x->size;
-#pragma omp parallel for schedule(static) if (size > 65536)
+#pragma omp parallel for schedule(static) if (size > PARE_PARALLEL_MIN)
     for (size_t i = 0; i < size; i++) yd[i] = xd[i] > 0.0f ? xd[i] : 0.0f;
     pare_record(ctx, &relu_op, y, 1, &x);
     return y;

@@ -47,7 +47,7 @@ static void bn_backward(pare_ctx *ctx, pare_node *node)
     float *dx = pare_wants_grad(x) ? pare_grad_of(ctx, x) : NULL;
     float *dg = pare_wants_grad(gamma) ? pare_grad_of(ctx, gamma) : NULL;
     float *db = pare_wants_grad(beta) ? pare_grad_of(ctx, beta) : NULL;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x->size > PARE_PARALLEL_MIN)
     for (int c = 0; c < C; c++) {
         double sum_dy = 0, sum_dy_xhat = 0;
         for (int n = 0; n < N; n++) {
@@ -106,7 +106,7 @@ pare_tensor *pare_f_batchnorm(pare_ctx *ctx, pare_tensor *x, pare_tensor *gamma,
         s->invstd[c] = (float)(1.0 / sqrt(var + eps));
     }
     pare_tensor *y = pare_ctx_tensor(ctx, x->ndim, x->shape);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x->size > PARE_PARALLEL_MIN)
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
             size_t off = ((size_t)n * C + c) * inner;

@@ -118,7 +118,7 @@ static void epilogue(const float *ymat, const float *bias, int N, int O, const p
 {
     size_t P = (size_t)g->oh * g->ow, NP = (size_t)N * P;
     size_t Q = pool ? (size_t)(g->oh / pool) * (g->ow / pool) : P; /* output plane */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NP * O > PARE_PARALLEL_MIN)
     for (int n = 0; n < N; n++)
         for (int o = 0; o < O; o++) {
             const float *src = ymat + (size_t)o * NP + (size_t)n * P;
@@ -138,7 +138,7 @@ static void epilogue_backward(const conv_saved *s, const float *y, const float *
     size_t P = (size_t)g->oh * g->ow, NP = (size_t)N * P;
     int k = s->pool, pw = k ? g->ow / k : 0;
     size_t Q = k ? (size_t)(g->oh / k) * pw : P;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NP * O > PARE_PARALLEL_MIN)
     for (int o = 0; o < O; o++)
         for (int n = 0; n < N; n++) {
             float *dst = dymat + (size_t)o * NP + (size_t)n * P;
@@ -181,7 +181,7 @@ static void conv_backward(pare_ctx *ctx, pare_node *node)
         PARE_CHECK(dcol, "arena full");
         pare_sgemm(1, 0, K, (int)NP, O, 1.0f, w->data, K, dymat, (int)NP, 0.0f, dcol, (int)NP);
         size_t img = (size_t)s->g.c * s->g.h * s->g.w;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)K * NP > PARE_PARALLEL_MIN)
         for (int n = 0; n < N; n++) pare_col2im(&s->g, dcol + (size_t)n * P, NP, dx + (size_t)n * img);
     }
     pare_arena_rewind(&ctx->arena, scratch);
@@ -204,7 +204,7 @@ static float *conv_chunk(pare_ctx *ctx, const pare_conv_geom *g, const pare_tens
     float *ymat = pare_arena_alloc(&ctx->arena, (size_t)O * NP * sizeof(float));
     PARE_CHECK(col && ymat, "arena full");
     const float *xs = x->data + (size_t)n0 * img;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)K * NP > PARE_PARALLEL_MIN)
     for (int i = 0; i < n; i++) pare_im2col(g, xs + (size_t)i * img, col + (size_t)i * P, NP);
     pare_sgemm(0, 0, O, (int)NP, K, 1.0f, w->data, K, col, (int)NP, 0.0f, ymat, (int)NP);
     epilogue(ymat, b ? b->data : NULL, n, O, g, relu, pool, out, arg);

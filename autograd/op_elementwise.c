@@ -57,7 +57,7 @@ static void add_bias_backward(pare_ctx *ctx, pare_node *n)
     size_t inner;
     bias_dims(x, &N, &C, &inner);
     float *db = pare_grad_of(ctx, b);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x->size > PARE_PARALLEL_MIN)
     for (int c = 0; c < C; c++) {
         double s = 0;
         for (int i = 0; i < N; i++) s += pare_vec_sum(dy + ((size_t)i * C + c) * inner, inner);
@@ -74,7 +74,7 @@ pare_tensor *pare_f_add_bias(pare_ctx *ctx, pare_tensor *x, pare_tensor *b)
     size_t inner;
     bias_dims(x, &N, &C, &inner);
     pare_tensor *y = like(ctx, x);
-#pragma omp parallel for schedule(static) if (x->size > 32768)
+#pragma omp parallel for schedule(static) if (x->size > PARE_PARALLEL_MIN)
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) {
             size_t off = ((size_t)i * C + c) * inner;

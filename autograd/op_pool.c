@@ -37,7 +37,7 @@ static void maxpool_backward(pare_ctx *ctx, pare_node *n)
     float *dx = pare_grad_dst(ctx, n->in[0], &fresh);
     if (fresh) memset(dx, 0, n->in[0]->size * sizeof(float));
     /* Windows may overlap when stride < kernel: each plane is one thread's. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n->in[0]->size > PARE_PARALLEL_MIN)
     for (int p = 0; p < d.planes; p++) {
         float *dst = dx + (size_t)p * d.h * d.w;
         size_t o = (size_t)p * d.oh * d.ow;
@@ -90,7 +90,7 @@ pare_tensor *pare_f_maxpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int str
     pare_tensor *y = pool_output(ctx, x, &d, "maxpool2d");
     uint8_t *arg = pare_arena_alloc(&ctx->arena, y->size);
     PARE_CHECK(arg, "arena full");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x->size > PARE_PARALLEL_MIN)
     for (int p = 0; p < d.planes; p++) {
         const float *src = x->data + (size_t)p * d.h * d.w;
         float *out = y->data + (size_t)p * d.oh * d.ow;
@@ -118,7 +118,7 @@ static void avgpool_backward(pare_ctx *ctx, pare_node *n)
     const float *dy = n->out->grad;
     float *dx = pare_grad_of(ctx, n->in[0]);
     float inv = 1.0f / (float)(d.k * d.k);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n->in[0]->size > PARE_PARALLEL_MIN)
     for (int p = 0; p < d.planes; p++) {
         float *dst = dx + (size_t)p * d.h * d.w;
         for (int oy = 0; oy < d.oh; oy++)
@@ -136,7 +136,7 @@ pare_tensor *pare_f_avgpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int str
     pool_dims d = dims_of(x, kernel, stride);
     pare_tensor *y = pool_output(ctx, x, &d, "avgpool2d");
     float inv = 1.0f / (float)(d.k * d.k);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x->size > PARE_PARALLEL_MIN)
     for (int p = 0; p < d.planes; p++) {
         const float *src = x->data + (size_t)p * d.h * d.w;
         for (int oy = 0; oy < d.oh; oy++)

@@ -123,6 +123,10 @@ float pare_hash_uniform(uint64_t seed, uint64_t counter, uint64_t index);
 /* ---- threads ----------------------------------------------------------------
  * Parallel loops partition outputs only: results are bitwise identical for
  * any thread count. Without OpenMP these are no-ops and report 1. */
+/* Loops over less work than this (elements touched) run on one thread: a
+ * parallel region costs a few microseconds, and far more when another
+ * program holds a core and the team must wait for a descheduled thread. */
+#define PARE_PARALLEL_MIN 32768
 void pare_set_threads(int n);
 int pare_threads(void);
 int pare_cores_available(void);
