@@ -11,6 +11,7 @@ static const struct {
     {"train", mnist_train, "train a model from scratch"},
     {"eval", mnist_eval, "test accuracy and speed of a saved model"},
     {"summary", mnist_summary, "layers, shapes, parameters and FLOPs"},
+    {"prune", mnist_prune, "prune a saved model (unstructured or structured), then fine-tune"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 

@@ -7,6 +7,7 @@
 int mnist_train(int argc, char **argv);
 int mnist_eval(int argc, char **argv);
 int mnist_summary(int argc, char **argv);
+int mnist_prune(int argc, char **argv);
 
 /* Loads a model file (with --arch for files without pare metadata); exits on error. */
 pare_model *mnist_load_model(const char *path, const char *arch);
