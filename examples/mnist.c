@@ -11,6 +11,8 @@ static const struct {
     {"train", mnist_train, "train a model from scratch"},
     {"eval", mnist_eval, "test accuracy and speed of a saved model"},
     {"summary", mnist_summary, "layers, shapes, parameters and FLOPs"},
+    {"distill", mnist_distill, "train a small student from a saved teacher (knowledge distillation)"},
+    {"lowrank", mnist_lowrank, "factorize layers by truncated SVD, then fine-tune"},
     {"prune", mnist_prune, "prune a saved model (unstructured or structured), then fine-tune"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])

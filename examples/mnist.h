@@ -7,6 +7,8 @@
 int mnist_train(int argc, char **argv);
 int mnist_eval(int argc, char **argv);
 int mnist_summary(int argc, char **argv);
+int mnist_distill(int argc, char **argv);
+int mnist_lowrank(int argc, char **argv);
 int mnist_prune(int argc, char **argv);
 
 /* Loads a model file (with --arch for files without pare metadata); exits on error. */
