@@ -8,20 +8,6 @@ static void check_rows(const pare_tensor *x, const char *op)
     PARE_CHECK(x->ndim == 2, "%s needs [N, K], got %d dims", op, x->ndim);
 }
 
-/* Row-wise log-softmax with the max subtracted first (log-sum-exp). */
-static void log_softmax_rows(const float *x, int N, int K, float *out)
-{
-    for (int i = 0; i < N; i++) {
-        const float *r = x + (size_t)i * K;
-        float m = pare_vec_max(r, (size_t)K);
-        double s = 0;
-        for (int k = 0; k < K; k++) s += exp((double)r[k] - m);
-        /* s >= 1: the maximum contributes exp(0) */
-        float lse = m + (float)log(s); // cppcheck-suppress invalidFunctionArg
-        for (int k = 0; k < K; k++) out[(size_t)i * K + k] = r[k] - lse;
-    }
-}
-
 static void check_labels(const int *labels, int N, int K)
 {
     for (int i = 0; i < N; i++)
@@ -46,7 +32,7 @@ pare_tensor *pare_f_softmax(pare_ctx *ctx, pare_tensor *x)
 {
     check_rows(x, "softmax");
     pare_tensor *y = pare_ctx_tensor(ctx, 2, x->shape);
-    log_softmax_rows(x->data, x->shape[0], x->shape[1], y->data);
+    pare_log_softmax_rows(x->data, x->shape[0], x->shape[1], y->data);
     for (size_t i = 0; i < y->size; i++) y->data[i] = expf(y->data[i]);
     pare_record(ctx, &softmax_op, y, 1, &x);
     return y;
@@ -70,7 +56,7 @@ pare_tensor *pare_f_log_softmax(pare_ctx *ctx, pare_tensor *x)
 {
     check_rows(x, "log_softmax");
     pare_tensor *y = pare_ctx_tensor(ctx, 2, x->shape);
-    log_softmax_rows(x->data, x->shape[0], x->shape[1], y->data);
+    pare_log_softmax_rows(x->data, x->shape[0], x->shape[1], y->data);
     pare_record(ctx, &log_softmax_op, y, 1, &x);
     return y;
 }
@@ -135,7 +121,7 @@ pare_tensor *pare_cross_entropy(pare_ctx *ctx, pare_tensor *logits, const int *l
     check_labels(labels, N, K);
     float *logp = pare_arena_alloc(&ctx->arena, logits->size * sizeof(float));
     PARE_CHECK(logp, "arena full");
-    log_softmax_rows(logits->data, N, K, logp);
+    pare_log_softmax_rows(logits->data, N, K, logp);
     double s = 0;
     for (int i = 0; i < N; i++) s -= logp[(size_t)i * K + labels[i]];
     pare_tensor *y = pare_ctx_tensor(ctx, 1, &one);

@@ -169,6 +169,9 @@ double pare_vec_sum(const float *x, size_t n);
 double pare_vec_dot(const float *a, const float *b, size_t n);
 float pare_vec_max(const float *x, size_t n);
 size_t pare_vec_argmax(const float *x, size_t n);
+/* Row-wise log-softmax of x[rows][cols] with the row maximum subtracted
+ * first (log-sum-exp in double), into out (may equal x). */
+void pare_log_softmax_rows(const float *x, int rows, int cols, float *out);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
  * LANES interleaved partial sums combined in a fixed order: the result
  * depends only on the data, and the lanes let the compiler vectorize
  * without reassociating anything. */
+#include <math.h>
 #include <string.h>
 
 #include "tensor.h"
@@ -76,4 +77,17 @@ size_t pare_vec_argmax(const float *x, size_t n)
     for (size_t i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return best;
+}
+
+void pare_log_softmax_rows(const float *x, int rows, int cols, float *out)
+{
+    for (int i = 0; i < rows; i++) {
+        const float *r = x + (size_t)i * cols;
+        float m = pare_vec_max(r, (size_t)cols);
+        double s = 0;
+        for (int k = 0; k < cols; k++) s += exp((double)r[k] - m);
+        /* s >= 1: the maximum contributes exp(0) */
+        float lse = m + (float)log(s); // cppcheck-suppress invalidFunctionArg
+        for (int k = 0; k < cols; k++) out[(size_t)i * cols + k] = r[k] - lse;
+    }
 }
