@@ -215,3 +215,27 @@ long cli_file_size(const char *path)
     struct stat st;
     return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
+
+void cli_make_loaders(cli_loaders *l, const pare_dataset *train, const pare_dataset *test, int batch, int n_val,
+                      uint64_t seed)
+{
+    if (pare_split_indices(train->n, n_val, seed, &l->train_idx, &l->n_train, &l->val_idx)) cli_die("--val");
+    pare_loader_config lc = pare_loader_defaults();
+    lc.batch = batch;
+    lc.seed = seed;
+    l->train = pare_loader_new(train, l->train_idx, l->n_train, &lc);
+    lc.batch = 256;
+    lc.shuffle = 0;
+    l->test = pare_loader_new(test, NULL, test->n, &lc);
+    l->val = n_val ? pare_loader_new(train, l->val_idx, n_val, &lc) : NULL;
+    if (!l->train || !l->test || (n_val && !l->val)) cli_die("data");
+}
+
+void cli_free_loaders(cli_loaders *l)
+{
+    pare_loader_free(l->train);
+    pare_loader_free(l->val);
+    pare_loader_free(l->test);
+    pare_free(l->train_idx);
+    pare_free(l->val_idx);
+}

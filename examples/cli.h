@@ -46,4 +46,15 @@ void cli_json_end(cli_json *j, FILE *out);
 void cli_measure_speed(pare_ctx *ctx, pare_model *m, const pare_dataset *ds, double *img_per_s, double *latency_us);
 
 long cli_file_size(const char *path);
+
+/* The loaders of a run: training (minus n_val images held out for
+ * validation by a seeded split), validation (NULL when n_val is 0) and test
+ * (batch 256, in file order). Exits on error. */
+typedef struct cli_loaders {
+    pare_loader *train, *val, *test;
+    int *train_idx, *val_idx, n_train;
+} cli_loaders;
+void cli_make_loaders(cli_loaders *l, const pare_dataset *train, const pare_dataset *test, int batch, int n_val,
+                      uint64_t seed);
+void cli_free_loaders(cli_loaders *l);
 #endif

@@ -175,34 +175,6 @@ static void print_json(const lowrank_args *a, const plan *p, const results *r, i
     cli_json_end(&j, stdout);
 }
 
-typedef struct loaders {
-    pare_loader *train, *val, *test;
-    int *train_idx, *val_idx, n_train;
-} loaders;
-
-static void make_loaders(loaders *l, const pare_dataset *train, const pare_dataset *test, const lowrank_args *a)
-{
-    if (pare_split_indices(train->n, a->val, a->seed, &l->train_idx, &l->n_train, &l->val_idx)) cli_die("--val");
-    pare_loader_config lc = pare_loader_defaults();
-    lc.batch = a->batch;
-    lc.seed = a->seed;
-    l->train = pare_loader_new(train, l->train_idx, l->n_train, &lc);
-    lc.batch = 256;
-    lc.shuffle = 0;
-    l->test = pare_loader_new(test, NULL, test->n, &lc);
-    l->val = a->val ? pare_loader_new(train, l->val_idx, a->val, &lc) : NULL;
-    if (!l->train || !l->test || (a->val && !l->val)) cli_die("data");
-}
-
-static void free_loaders(loaders *l)
-{
-    pare_loader_free(l->train);
-    pare_loader_free(l->val);
-    pare_loader_free(l->test);
-    pare_free(l->train_idx);
-    pare_free(l->val_idx);
-}
-
 static void finetune(pare_ctx *ctx, pare_model *m, const lowrank_args *a, pare_loader *train)
 {
     if (!a->epochs) return;
@@ -247,8 +219,8 @@ int mnist_lowrank(int argc, char **argv)
     plan_ranks(&p, m, &a, usage, opts, n);
     pare_dataset *train = cli_load(a.data, 1), *test = cli_load(a.data, 0);
     if (a.val >= train->n) cli_usage_error(usage, opts, n, "--val %d leaves no training images", a.val);
-    loaders l;
-    make_loaders(&l, train, test, &a);
+    cli_loaders l;
+    cli_make_loaders(&l, train, test, a.batch, a.val, a.seed);
     pare_ctx *ctx = pare_ctx_new(0);
     ctx->seed = a.seed;
     results r;
@@ -274,7 +246,7 @@ int mnist_lowrank(int argc, char **argv)
     if (a.json) print_json(&a, &p, &r, threads);
 
     pare_ctx_free(ctx);
-    free_loaders(&l);
+    cli_free_loaders(&l);
     pare_dataset_free(train);
     pare_dataset_free(test);
     pare_model_free(m);

@@ -134,21 +134,13 @@ int mnist_train(int argc, char **argv)
     pare_dataset *train = cli_load(a.data, 1), *test = cli_load(a.data, 0);
     if (a.val >= train->n) cli_usage_error(usage, opts, n, "--val %d leaves no training images", a.val);
 
-    int *train_idx, *val_idx, n_train;
-    if (pare_split_indices(train->n, a.val, a.seed, &train_idx, &n_train, &val_idx)) cli_die("--val");
-    pare_loader_config lc = pare_loader_defaults();
-    lc.batch = a.batch;
-    lc.seed = a.seed;
-    pare_loader *train_ld = pare_loader_new(train, train_idx, n_train, &lc);
-    lc.batch = 256;
-    lc.shuffle = 0;
-    pare_loader *test_ld = pare_loader_new(test, NULL, test->n, &lc);
-    pare_loader *val_ld = a.val ? pare_loader_new(train, val_idx, a.val, &lc) : NULL;
+    cli_loaders l;
+    cli_make_loaders(&l, train, test, a.batch, a.val, a.seed);
 
     pare_optim *o = make_optimizer(m, &a);
     pare_ctx *ctx = pare_ctx_new(0);
     ctx->seed = a.seed;
-    epoch_report report = {ctx, test_ld, val_ld, 0, {0}, {0}, {0}, {0}, {0}, {0}};
+    epoch_report report = {ctx, l.test, l.val, 0, {0}, {0}, {0}, {0}, {0}, {0}};
     pare_lr_schedule sched = {!strcmp(a.schedule, "step") ? PARE_LR_STEP : !strcmp(a.schedule, "cosine") ? PARE_LR_COSINE : PARE_LR_CONSTANT,
                               a.lr, 1, 0.5f, a.epochs, 0.0f};
     pare_fit_config fc = pare_fit_defaults(a.epochs);
@@ -157,9 +149,9 @@ int mnist_train(int argc, char **argv)
     fc.on_epoch = after_epoch;
     fc.user = &report;
     fprintf(stderr, "training %s (%zu parameters) on %d images, %d threads\n", a.arch, pare_model_param_count(m),
-            n_train, threads);
+            l.n_train, threads);
     double t0 = pare_now();
-    if (pare_fit(ctx, m, o, train_ld, &fc, NULL)) cli_die("training");
+    if (pare_fit(ctx, m, o, l.train, &fc, NULL)) cli_die("training");
     double total = pare_now() - t0;
     if (a.out) {
         if (pare_save(m, a.out, NULL)) cli_die("saving");
@@ -170,11 +162,7 @@ int mnist_train(int argc, char **argv)
 
     pare_ctx_free(ctx);
     pare_optim_free(o);
-    pare_loader_free(train_ld);
-    pare_loader_free(test_ld);
-    pare_loader_free(val_ld);
-    pare_free(train_idx);
-    pare_free(val_idx);
+    cli_free_loaders(&l);
     pare_dataset_free(train);
     pare_dataset_free(test);
     pare_model_free(m);
