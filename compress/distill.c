@@ -153,56 +153,21 @@ static pare_tensor *as_input(pare_ctx *ctx, pare_model *m, pare_tensor *x)
     return v;
 }
 
-static float distill_step(pare_ctx *ctx, pare_model *student, pare_model *teacher, pare_optim *o, const pare_batch *b,
-                          const pare_distill_config *cfg, int *correct)
-{
-    pare_tensor *t = teacher_logits(ctx, teacher, as_input(ctx, teacher, b->x));
-    pare_tensor *s = pare_logits(ctx, student, as_input(ctx, student, b->x));
-    pare_tensor *loss = pare_kd_loss(ctx, s, t, b->labels, cfg->temperature, cfg->alpha);
-    *correct = pare_count_correct(s, b->labels);
-    float value = loss->data[0];
-    pare_backward(ctx, loss);
-    pare_step(o);
-    return value;
-}
+/* pare_fit's loss for one batch: the teacher's logits (no tape), then the
+ * KD loss of the student's. */
+typedef struct kd_batch {
+    pare_model *teacher;
+    const pare_distill_config *cfg;
+} kd_batch;
 
-static int distill_epoch(pare_ctx *ctx, pare_model *student, pare_model *teacher, pare_optim *o, pare_loader *ld,
-                         const pare_distill_config *cfg, int epoch, pare_epoch_stats *st)
+static pare_tensor *kd_batch_loss(void *user, pare_ctx *ctx, pare_model *student, const pare_batch *b,
+                                  pare_tensor **scores)
 {
-    int total = pare_loader_batches(ld), next_line = 0;
-    double start = pare_now(), loss_sum = 0;
-    long images = 0, correct = 0;
-    pare_batch b;
-    pare_loader_start_epoch(ld, epoch);
-    memset(st, 0, sizeof *st);
-    st->epoch = epoch;
-    for (int k = 1;; k++) {
-        pare_mark mark = pare_arena_mark(ctx);
-        if (!pare_loader_next(ld, &ctx->arena, &b)) {
-            pare_arena_release(ctx, mark);
-            break;
-        }
-        int c;
-        float loss = distill_step(ctx, student, teacher, o, &b, cfg, &c);
-        pare_arena_release(ctx, mark);
-        if (!isfinite(loss))
-            return pare_set_error("distill epoch %d step %d: the loss is %f; lower the learning rate", epoch + 1, k,
-                                  (double)loss);
-        loss_sum += (double)loss * b.n;
-        images += b.n;
-        correct += c;
-        st->steps = k;
-        if (cfg->progress && (k >= next_line || k == total)) {
-            fprintf(stderr, "%s epoch %d/%d batch %d/%d loss %.4f acc %.2f%%\n", cfg->label ? cfg->label : "distill",
-                    epoch + 1, cfg->epochs, k, total, loss_sum / images, 100.0 * correct / images);
-            next_line = k + (total + 3) / 4;
-        }
-    }
-    st->seconds = pare_now() - start;
-    st->loss = images ? loss_sum / images : 0;
-    st->accuracy = images ? (double)correct / images : 0;
-    st->img_per_s = st->seconds > 0 ? images / st->seconds : 0;
-    return 0;
+    const kd_batch *kd = user;
+    pare_tensor *t = teacher_logits(ctx, kd->teacher, as_input(ctx, kd->teacher, b->x));
+    pare_tensor *s = pare_logits(ctx, student, as_input(ctx, student, b->x));
+    *scores = s;
+    return pare_kd_loss(ctx, s, t, b->labels, kd->cfg->temperature, kd->cfg->alpha);
 }
 
 int pare_distill(pare_ctx *ctx, pare_model *student, pare_model *teacher, pare_optim *o, pare_loader *train,
@@ -211,15 +176,15 @@ int pare_distill(pare_ctx *ctx, pare_model *student, pare_model *teacher, pare_o
     if (check_models(student, teacher, cfg)) return -1;
     int teacher_mode = teacher->training;
     pare_model_train(teacher, 0); /* dropout off, BatchNorm on running statistics */
-    pare_model_train(student, 1);
-    pare_epoch_stats st;
-    memset(&st, 0, sizeof st);
-    int rc = 0;
-    for (int e = 0; e < cfg->epochs; e++) {
-        if ((rc = distill_epoch(ctx, student, teacher, o, train, cfg, e, &st))) break;
-        if (cfg->on_epoch && cfg->on_epoch(cfg->user, student, &st)) break;
-    }
+    kd_batch kd = {teacher, cfg};
+    pare_fit_config fc = pare_fit_defaults(cfg->epochs);
+    fc.progress = cfg->progress;
+    fc.label = cfg->label ? cfg->label : "distill";
+    fc.on_epoch = cfg->on_epoch;
+    fc.user = cfg->user;
+    fc.loss = kd_batch_loss;
+    fc.loss_user = &kd;
+    int rc = pare_fit(ctx, student, o, train, &fc, last);
     pare_model_train(teacher, teacher_mode);
-    if (last) *last = st;
     return rc;
 }

@@ -60,14 +60,16 @@ static void progress_show(progress *p, const pare_fit_config *cfg, int epoch, in
 
 /* ---- training ------------------------------------------------------------------ */
 /* One optimizer step on one batch; returns the loss. */
-static float train_step(pare_ctx *ctx, pare_model *m, pare_optim *o, const pare_batch *b, float clip, int *correct)
+static float train_step(pare_ctx *ctx, pare_model *m, pare_optim *o, const pare_batch *b, const pare_fit_config *cfg,
+                        int *correct)
 {
     pare_tensor *scores;
-    pare_tensor *loss = pare_classifier_loss(ctx, m, b->x, b->labels, &scores);
+    pare_tensor *loss = cfg->loss ? cfg->loss(cfg->loss_user, ctx, m, b, &scores)
+                                  : pare_classifier_loss(ctx, m, b->x, b->labels, &scores);
     *correct = pare_count_correct(scores, b->labels);
     float value = loss->data[0];
     pare_backward(ctx, loss);
-    if (clip > 0) pare_clip_grad_norm(o, clip);
+    if (cfg->clip > 0) pare_clip_grad_norm(o, cfg->clip);
     pare_step(o);
     return value;
 }
@@ -89,7 +91,7 @@ static int run_epoch(pare_ctx *ctx, pare_model *m, pare_optim *o, pare_loader *l
             break;
         }
         int c;
-        float loss = train_step(ctx, m, o, &b, cfg->clip, &c);
+        float loss = train_step(ctx, m, o, &b, cfg, &c);
         pare_arena_release(ctx, mark);
         if (!isfinite(loss))
             return pare_set_error("epoch %d step %d: the loss is %f; lower the learning rate or clip gradients "

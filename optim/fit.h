@@ -35,6 +35,11 @@ typedef struct pare_fit_config {
     /* Called after every epoch; return non-zero to stop (early stopping). */
     int (*on_epoch)(void *user, pare_model *m, const pare_epoch_stats *s);
     void *user;
+    /* The loss of one batch, for training with something other than the
+     * classifier loss (distillation); NULL: pare_classifier_loss. *scores
+     * receives the tensor whose row argmax counts as the prediction. */
+    pare_tensor *(*loss)(void *loss_user, pare_ctx *ctx, pare_model *m, const pare_batch *b, pare_tensor **scores);
+    void *loss_user;
 } pare_fit_config;
 
 pare_fit_config pare_fit_defaults(int epochs);
