@@ -375,6 +375,11 @@ pare_model *pare_prune_load(const char *path, const char *arch_name)
 {
     pare_st_file *f = pare_st_open(path);
     if (!f) return NULL;
+    const char *format = pare_st_meta(f, "pare.format");
+    if (format && !strcmp(format, "sparse")) { /* the compressed format: its own reader */
+        pare_st_close(f);
+        return pare_prune_load_sparse(path);
+    }
     pare_model *m = pare_load_st(f, arch_name);
     const char *pruned = pare_st_meta(f, "pare.pruned");
     if (m && pruned && pruned[0] && pare_prune_restore(m, pruned)) {

@@ -76,6 +76,12 @@ typedef struct pare_prune_schedule {
     uint64_t seed;
     float current;          /* sparsity of the last selection (read only) */
     int updates;            /* how many selections so far (read only) */
+    /* Structured: when set (NULL-terminated layer names), each update masks
+     * that fraction of these layers' units (pare_prune_units, by the L1 or
+     * L2 norm in `norm`) instead of selecting weights; pare_prune_shrink
+     * removes them after training. */
+    const char *const *unit_layers;
+    int norm;
 } pare_prune_schedule;
 
 /* A schedule with scope GLOBAL, criterion MAGNITUDE; -1 with pare_error()
@@ -101,7 +107,8 @@ int pare_prune_on_step(void *user, pare_model *m, pare_optim *o, long step);
  * metadata pare.pruned = the masked layers ("conv1,fc1"), plus `metadata`
  * (NULL-terminated pairs). The hooks stay on the model in memory. */
 int pare_prune_save(pare_model *m, const char *path, const char *const *metadata);
-/* Loads any float model (arch_name as pare_load's); if it says pare.pruned,
+/* Loads any float model (arch_name as pare_load's), or a file in the
+ * compressed sparse format (pare_prune_load_sparse); if it says pare.pruned,
  * the masks of those layers are rebuilt from the exact zeros. */
 pare_model *pare_prune_load(const char *path, const char *arch_name);
 /* Masks from exact zeros on the named layers (comma-separated, NULL: every
@@ -140,8 +147,45 @@ void pare_csr_free(pare_csr *a);
 void pare_csr_to_dense(const pare_csr *a, float *w);
 /* y[n, rows] = x[n, cols] * A^T (+ bias if not NULL): a Linear layer's forward. */
 void pare_csr_linear(const pare_csr *a, const float *x, int n, const float *bias, float *y);
+/* Y[rows, 0:p] = A B[cols, 0:p] (+ bias per row), B and Y with row strides
+ * ldb and ldy: a Conv2d's forward on one image's im2col columns (p = output
+ * pixels), or a Linear's on a transposed block of samples. */
+void pare_csr_spmm(const pare_csr *a, const float *B, size_t ldb, int p, const float *bias, float *Y, size_t ldy);
+/* pare_csr_linear for any batch: from PARE_CSR_BATCHED_MIN samples on, blocks
+ * of samples are transposed so the product runs as pare_csr_spmm (the
+ * per-sample row dots gather, and lose to the dense kernel at large
+ * batches); scratch holds pare_csr_linear_scratch(a, n) floats. */
+#define PARE_CSR_BATCHED_MIN 8
+size_t pare_csr_linear_scratch(const pare_csr *a, int n);
+void pare_csr_linear_into(const pare_csr *a, const float *x, int n, const float *bias, float *y, float *scratch);
 /* Bytes the CSR takes in the compressed file format (values + indices + row pointers). */
 size_t pare_csr_bytes(const pare_csr *a);
+
+/* Sparse inference: every Linear / Conv2d layer (layers: comma-separated
+ * names, or NULL for every one with at least PARE_SPARSE_MIN_COLS inputs per
+ * output) whose weight is at least min_sparsity zeros is
+ * replaced by a SparseLinear / SparseConv2d layer (kind PARE_CUSTOM) whose
+ * forward multiplies by the weight's CSR: for a Conv2d, each image's im2col
+ * columns times the CSR of the [out, in*k*k] weight. Masks are folded in
+ * first. The layers are for inference only: their forward aborts with
+ * gradients enabled (fine-tune the masked dense model, then sparsify), and
+ * the model no longer saves (save it before, e.g. with
+ * pare_prune_save_sparse). Layers with other weight hooks (fake-quant) are
+ * skipped. Returns how many layers were replaced, or -1 with pare_error()
+ * (unknown names, min_sparsity outside [0, 1]) and the model unchanged.
+ * PARE_SPARSE_MIN_DEFAULT is the measured break-even (see bench_sparse). */
+/* Measured (bench_sparse, one thread): fc1 1600->128 alone is 0.85x at 80%
+ * sparsity and 1.4x (batch 256) / 1.8x (batch 1) at 90%; conv2 (32->64, 3x3)
+ * alone 1.1x at 80%, 1.8x at 90%, at both batch sizes. In seedcnn at 90%
+ * layer-wise, conv1 (1 input channel: 9 weights per output) made the whole
+ * model 23% slower at batch 256 (a dense conv fuses its ReLU and pooling,
+ * and there are hardly any multiply-adds to save) while conv2 (288 per
+ * output) made it 29% faster: hence the minimum row length. */
+#define PARE_SPARSE_MIN_DEFAULT 0.85f
+#define PARE_SPARSE_MIN_COLS 64
+int pare_prune_sparsify(pare_model *m, const char *layers, float min_sparsity);
+/* Whether l is a layer made by pare_prune_sparsify. */
+int pare_prune_is_sparse(const pare_layer *l);
 
 /* Compressed save format: pare.format "sparse": each Linear/Conv2d weight
  * whose CSR is smaller than dense is stored as "<name>.values" (F32),

@@ -19,8 +19,8 @@ int pare_prune_schedule_init(pare_prune_schedule *s, pare_prune_sched_kind kind,
     if (kind != PARE_SCHED_ONESHOT && kind != PARE_SCHED_ITERATIVE && kind != PARE_SCHED_AGP &&
         kind != PARE_SCHED_CONSTANT)
         return pare_set_error("prune schedule: unknown kind %d", (int)kind);
-    *s = (pare_prune_schedule){kind, initial, final, start, end, every, PARE_PRUNE_GLOBAL, PARE_PRUNE_MAGNITUDE,
-                               0, 0.0f, 0};
+    *s = (pare_prune_schedule){.kind = kind, .initial = initial, .final = final, .start = start, .end = end,
+                               .every = every, .scope = PARE_PRUNE_GLOBAL, .criterion = PARE_PRUNE_MAGNITUDE};
     return 0;
 }
 
@@ -56,7 +56,12 @@ int pare_prune_schedule_step(pare_prune_schedule *s, pare_model *m, pare_optim *
         /* Selection only ever adds pruned weights, so a smaller target than
          * now (before start) would be a no-op: skip it. */
         if (target > 0.0f || s->updates == 0) {
-            if (pare_prune_select(m, target, s->scope, s->criterion, s->seed + (uint64_t)s->updates)) return -1;
+            if (s->unit_layers) {
+                for (const char *const *n = s->unit_layers; *n; n++)
+                    if (pare_prune_units(m, *n, target, s->norm ? s->norm : 1)) return -1;
+            } else if (pare_prune_select(m, target, s->scope, s->criterion, s->seed + (uint64_t)s->updates)) {
+                return -1;
+            }
             s->current = target;
             s->updates++;
         }

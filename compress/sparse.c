@@ -116,6 +116,76 @@ void pare_csr_linear(const pare_csr *a, const float *x, int n, const float *bias
     }
 }
 
+static inline int col_at(const pare_csr *a, int k) { return a->col16 ? a->col16[k] : a->col32[k]; }
+
+/* One CSR row times B: y[0:p] (+)= sum_k v_k B[c_k, 0:p]. Every non-zero is
+ * a contiguous axpy over p, which vectorizes, where the row-dot kernel above
+ * gathers; four non-zeros per pass over y cut its loads and stores by 4. The
+ * additions run in non-zero order, like the row-dot kernel's scalar path. */
+static void row_spmm(const pare_csr *a, int r, const float *B, size_t ldb, int p, float *restrict y)
+{
+    int k = a->row_ptr[r], end = a->row_ptr[r + 1];
+    for (; k + 4 <= end; k += 4) {
+        const float *restrict b0 = B + (size_t)col_at(a, k) * ldb, *restrict b1 = B + (size_t)col_at(a, k + 1) * ldb;
+        const float *restrict b2 = B + (size_t)col_at(a, k + 2) * ldb, *restrict b3 = B + (size_t)col_at(a, k + 3) * ldb;
+        float v0 = a->values[k], v1 = a->values[k + 1], v2 = a->values[k + 2], v3 = a->values[k + 3];
+        for (int j = 0; j < p; j++) y[j] = y[j] + v0 * b0[j] + v1 * b1[j] + v2 * b2[j] + v3 * b3[j];
+    }
+    for (; k < end; k++) {
+        const float *restrict b0 = B + (size_t)col_at(a, k) * ldb;
+        float v0 = a->values[k];
+        for (int j = 0; j < p; j++) y[j] += v0 * b0[j];
+    }
+}
+
+void pare_csr_spmm(const pare_csr *a, const float *B, size_t ldb, int p, const float *bias, float *Y, size_t ldy)
+{
+#pragma omp parallel for schedule(static) if ((size_t)a->nnz * (size_t)p > PARE_PARALLEL_MIN)
+    for (int r = 0; r < a->rows; r++) {
+        float *y = Y + (size_t)r * ldy, b = bias ? bias[r] : 0.0f;
+        for (int j = 0; j < p; j++) y[j] = b;
+        row_spmm(a, r, B, ldb, p, y);
+    }
+}
+
+/* Samples per block of the batched Linear: x's block is transposed to
+ * [cols, LINEAR_BLOCK] so each non-zero is an axpy over 32 samples. */
+#define LINEAR_BLOCK 64
+
+/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols. In tiles of 16
+ * columns, so the 16 destination rows being written stay in L1 while the
+ * source is read a 64-byte line at a time. */
+static void transpose(const float *src, size_t lds, int rows, int cols, float *dst, size_t ldd)
+{
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+        int c1 = c0 + 16 < cols ? c0 + 16 : cols;
+        for (int r = 0; r < rows; r++)
+            for (int c = c0; c < c1; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+    }
+}
+
+size_t pare_csr_linear_scratch(const pare_csr *a, int n)
+{
+    return n < PARE_CSR_BATCHED_MIN ? 0 : (size_t)(a->cols + a->rows) * LINEAR_BLOCK;
+}
+
+void pare_csr_linear_into(const pare_csr *a, const float *x, int n, const float *bias, float *y, float *scratch)
+{
+    if (n < PARE_CSR_BATCHED_MIN) {
+        pare_csr_linear(a, x, n, bias, y);
+        return;
+    }
+    float *xt = scratch, *yt = scratch + (size_t)a->cols * LINEAR_BLOCK;
+    for (int i0 = 0; i0 < n; i0 += LINEAR_BLOCK) {
+        int nb = n - i0 < LINEAR_BLOCK ? n - i0 : LINEAR_BLOCK;
+        const float *xb = x + (size_t)i0 * a->cols;
+        transpose(xb, (size_t)a->cols, nb, a->cols, xt, LINEAR_BLOCK);
+        pare_csr_spmm(a, xt, LINEAR_BLOCK, nb, bias, yt, LINEAR_BLOCK);
+        float *yb = y + (size_t)i0 * a->rows;
+        transpose(yt, LINEAR_BLOCK, a->rows, nb, yb, (size_t)a->rows);
+    }
+}
+
 /* Row counts fit 16 bits when no row holds more than 65535 non-zeros. */
 static int counts16(const pare_csr *a)
 {

@@ -9,7 +9,7 @@
 #define MAX_LAYERS 16
 
 typedef struct prune_args {
-    const char *model, *arch, *method, *scope, *schedule, *layers, *data, *out, *sparse_out;
+    const char *model, *arch, *method, *scope, *schedule, *layers, *data, *out, *sparse_out, *criterion;
     float sparsity, lr, momentum;
     int ramp_epochs, prune_every, epochs, batch, val, threads, json, norm;
     uint64_t seed;
@@ -19,6 +19,8 @@ typedef struct measure {
     double test_acc, val_acc, img_per_s, latency_us;
     size_t params, nonzero;
     long size_bytes, sparse_bytes;
+    double sparse_img_per_s, sparse_latency_us; /* with the sparse layers (pare_prune_sparsify) */
+    int sparse_layers;
     int skip; /* a row that does not apply (gradual schedules prune during training) */
 } measure;
 
@@ -36,14 +38,20 @@ static void check_args(const prune_args *a, const char *usage, const cli_opt *op
         cli_usage_error(usage, opts, n, "--sparsity must be in [0, 1) (got %g)", (double)a->sparsity);
     if (strcmp(a->method, "unstructured") && strcmp(a->method, "structured"))
         cli_usage_error(usage, opts, n, "--method must be unstructured or structured (got '%s')", a->method);
+    if (strcmp(a->criterion, "magnitude") && strcmp(a->criterion, "random"))
+        cli_usage_error(usage, opts, n, "--criterion must be magnitude or random (got '%s')", a->criterion);
+    if (!strcmp(a->method, "structured") && strcmp(a->criterion, "magnitude"))
+        cli_usage_error(usage, opts, n, "structured pruning ranks units by their norm (--norm); --criterion is for "
+                                        "unstructured");
     if (strcmp(a->scope, "global") && strcmp(a->scope, "layer"))
         cli_usage_error(usage, opts, n, "--scope must be global or layer (got '%s')", a->scope);
     if (strcmp(a->schedule, "oneshot") && strcmp(a->schedule, "iterative") && strcmp(a->schedule, "agp") &&
         strcmp(a->schedule, "constant"))
         cli_usage_error(usage, opts, n, "--schedule must be oneshot, iterative, agp or constant (got '%s')",
                         a->schedule);
-    if (!strcmp(a->method, "structured") && strcmp(a->schedule, "oneshot"))
-        cli_usage_error(usage, opts, n, "structured pruning runs one-shot (then surgery and fine-tuning)");
+    if (!strcmp(a->method, "structured") && strcmp(a->schedule, "oneshot") && strcmp(a->schedule, "agp") &&
+        strcmp(a->schedule, "iterative"))
+        cli_usage_error(usage, opts, n, "structured pruning runs oneshot, agp or iterative (then surgery)");
     if (a->epochs < 0 || a->ramp_epochs < 0 || a->epochs + a->ramp_epochs > 64)
         cli_usage_error(usage, opts, n, "--epochs and --ramp-epochs must be >= 0 (at most 64 in all)");
     if (a->prune_every < 1 || a->batch < 1 || a->val < 0 || a->threads < 0)
@@ -150,6 +158,7 @@ static void run_unstructured(pare_ctx *ctx, pare_model *m, const prune_args *a, 
     pare_prune_schedule s;
     if (pare_prune_schedule_init(&s, kind, 0.0f, a->sparsity, 0, gradual ? ramp : 0, a->prune_every)) cli_die("schedule");
     s.scope = !strcmp(a->scope, "layer") ? PARE_PRUNE_LAYER : PARE_PRUNE_GLOBAL;
+    s.criterion = !strcmp(a->criterion, "random") ? PARE_PRUNE_RANDOM : PARE_PRUNE_MAGNITUDE;
     s.seed = a->seed;
     if (!gradual && pare_prune_schedule_step(&s, m, NULL, 0)) cli_die("prune");
     measure_acc(ctx, m, test, val, pruned_now);
@@ -159,12 +168,34 @@ static void run_unstructured(pare_ctx *ctx, pare_model *m, const prune_args *a, 
     pare_optim_free(o);
 }
 
-/* Structured: mask the weakest units, cut them out, fine-tune the smaller model. */
+/* Gradual structured: the share of masked units follows the schedule over
+ * --ramp-epochs of training (AGP: fast at first, while the network can still
+ * recover), on the full-size model; surgery then happens at the end. */
+static void ramp_units(pare_ctx *ctx, pare_model *m, const prune_args *a, const layer_list *L, pare_loader *train)
+{
+    long spe = pare_loader_batches(train), ramp = (long)a->ramp_epochs * spe;
+    pare_prune_schedule s;
+    if (pare_prune_schedule_init(&s, !strcmp(a->schedule, "agp") ? PARE_SCHED_AGP : PARE_SCHED_ITERATIVE, 0.0f,
+                                 a->sparsity, 0, ramp, a->prune_every))
+        cli_die("schedule");
+    s.unit_layers = L->ptrs;
+    s.norm = a->norm;
+    pare_optim *o = make_sgd(m, a);
+    fine_tune(ctx, m, o, train, a->ramp_epochs, &s);
+    pare_optim_free(o);
+    for (int i = 0; i < L->n; i++) /* exactly the final share, whatever the last step was */
+        if (pare_prune_units(m, L->names[i], a->sparsity, a->norm)) cli_die("prune");
+}
+
+/* Structured: mask the weakest units (at once, or gradually while
+ * training), cut them out, fine-tune the smaller model. */
 static void run_structured(pare_ctx *ctx, pare_model *m, const prune_args *a, const layer_list *L,
                            pare_loader *train, pare_loader *test, pare_loader *val, measure *pruned_now)
 {
-    for (int i = 0; i < L->n; i++)
-        if (pare_prune_units(m, L->names[i], a->sparsity, a->norm)) cli_die("prune");
+    if (strcmp(a->schedule, "oneshot")) ramp_units(ctx, m, a, L, train);
+    else
+        for (int i = 0; i < L->n; i++)
+            if (pare_prune_units(m, L->names[i], a->sparsity, a->norm)) cli_die("prune");
     double masked_acc = pare_evaluate(ctx, m, test, NULL);
     if (pare_prune_shrink(m)) cli_die("surgery");
     pare_prune_detach(m); /* what is left is dense */
@@ -179,11 +210,13 @@ static void run_structured(pare_ctx *ctx, pare_model *m, const prune_args *a, co
 static void print_row(const char *name, const measure *x, int val)
 {
     if (x->skip) return;
-    char v[16] = "", size[24] = "-", speed[24] = "-";
+    char v[16] = "", size[24] = "-", speed[24] = "-", lat[24] = "-";
     if (val) snprintf(v, sizeof v, "%.2f%%", 100 * x->val_acc);
     if (x->size_bytes >= 0) snprintf(size, sizeof size, "%ld", x->size_bytes);
     if (x->img_per_s > 0) snprintf(speed, sizeof speed, "%.0f", x->img_per_s);
-    printf("%-22s %9.2f%% %9s %10zu %10zu %10s %10s\n", name, 100 * x->test_acc, v, x->params, x->nonzero, size, speed);
+    if (x->latency_us > 0) snprintf(lat, sizeof lat, "%.0f", x->latency_us);
+    printf("%-22s %9.2f%% %9s %10zu %10zu %10s %10s %8s\n", name, 100 * x->test_acc, v, x->params, x->nonzero, size,
+           speed, lat);
 }
 
 static void print_json(const prune_args *a, const measure *base, const measure *after)
@@ -207,18 +240,26 @@ static void print_json(const prune_args *a, const measure *base, const measure *
     if (a->sparse_out) cli_json_int(&j, "sparse_size_bytes", after->sparse_bytes);
     cli_json_num(&j, "img_per_s", after->img_per_s);
     cli_json_num(&j, "base_img_per_s", base->img_per_s);
+    cli_json_num(&j, "latency_us_b1", after->latency_us);
+    cli_json_num(&j, "base_latency_us_b1", base->latency_us);
+    cli_json_int(&j, "sparse_layers", after->sparse_layers);
+    if (after->sparse_layers) {
+        cli_json_num(&j, "sparse_img_per_s", after->sparse_img_per_s);
+        cli_json_num(&j, "sparse_latency_us_b1", after->sparse_latency_us);
+    }
     cli_json_end(&j, stdout);
 }
 
 int mnist_prune(int argc, char **argv)
 {
-    prune_args a = {NULL, NULL, "unstructured", "global", "oneshot", NULL, "data/mnist", NULL, NULL, -1.0f, 0.01f, 0.9f,
-                    2, 100, 1, 64, 0, 0, 0, 1, 0};
+    prune_args a = {NULL, NULL, "unstructured", "global", "oneshot", NULL, "data/mnist", NULL, NULL, "magnitude",
+                    -1.0f, 0.01f, 0.9f, 2, 100, 1, 64, 0, 0, 0, 1, 0};
     cli_opt opts[] = {
         {"--model", CLI_STR, &a.model, "the model to prune (safetensors)"},
         {"--arch", CLI_STR, &a.arch, "architecture, for a file without pare metadata"},
         {"--method", CLI_STR, &a.method, "unstructured | structured (default unstructured)"},
         {"--scope", CLI_STR, &a.scope, "global | layer: rank weights across layers or within each (default global)"},
+        {"--criterion", CLI_STR, &a.criterion, "unstructured: magnitude | random (baseline) (default magnitude)"},
         {"--sparsity", CLI_FLOAT, &a.sparsity, "fraction of weights (structured: of units) to remove, in [0, 1)"},
         {"--layers", CLI_STR, &a.layers, "comma-separated layers (default: every Linear and Conv2d)"},
         {"--schedule", CLI_STR, &a.schedule, "oneshot | iterative | agp | constant (default oneshot)"},
@@ -264,7 +305,7 @@ int mnist_prune(int argc, char **argv)
     pare_ctx *ctx = pare_ctx_new(0);
     ctx->seed = a.seed;
 
-    measure mb = {0}, now = {0}, after = {0};
+    measure mb = {0}, now = {0}, after = {0}, sparse_row = {0};
     measure_acc(ctx, base, test_ld, val_ld, &mb);
     mb.size_bytes = cli_file_size(a.model);
     now.size_bytes = after.size_bytes = -1;
@@ -293,14 +334,34 @@ int mnist_prune(int argc, char **argv)
     pare_prune_detach(m);
     cli_measure_speed(ctx, base, test, &mb.img_per_s, &mb.latency_us);
     cli_measure_speed(ctx, m, test, &after.img_per_s, &after.latency_us);
+    /* Then the layers sparse enough to gain run through the CSR kernel. */
+    after.sparse_layers = pare_prune_sparsify(m, NULL, PARE_SPARSE_MIN_DEFAULT);
+    if (after.sparse_layers < 0) cli_die("sparsify");
+    if (after.sparse_layers) {
+        cli_measure_speed(ctx, m, test, &after.sparse_img_per_s, &after.sparse_latency_us);
+        measure_acc(ctx, m, test_ld, val_ld, &sparse_row); /* the same outputs within float rounding: check */
+        sparse_row.img_per_s = after.sparse_img_per_s;
+        sparse_row.latency_us = after.sparse_latency_us;
+        sparse_row.size_bytes = a.sparse_out ? after.sparse_bytes : -1;
+    }
 
-    printf("\n%-22s %10s %9s %10s %10s %10s %10s\n", "model", "test_acc", a.val ? "val_acc" : "", "params", "nonzero",
-           "bytes", "img/s");
+    printf("\n%-22s %10s %9s %10s %10s %10s %10s %8s\n", "model", "test_acc", a.val ? "val_acc" : "", "params",
+           "nonzero", "bytes", "img/s", "us b1");
     print_row("base", &mb, a.val);
     print_row("pruned, no fine-tune", &now, a.val);
     print_row("pruned + fine-tune", &after, a.val);
+    if (after.sparse_layers) print_row("  with sparse kernels", &sparse_row, a.val);
     printf("speed-up at batch 256: %.2fx; batch-1 latency %.0f us (base %.0f us)\n",
            mb.img_per_s > 0 ? after.img_per_s / mb.img_per_s : 0, after.latency_us, mb.latency_us);
+    if (after.sparse_layers)
+        printf("sparse kernels (%d layer(s) at >= %.0f%% sparsity): %.2fx at batch 256, batch-1 latency %.0f us "
+               "(%.2fx)\n",
+               after.sparse_layers, 100.0 * PARE_SPARSE_MIN_DEFAULT,
+               mb.img_per_s > 0 ? after.sparse_img_per_s / mb.img_per_s : 0, after.sparse_latency_us,
+               after.sparse_latency_us > 0 ? mb.latency_us / after.sparse_latency_us : 0);
+    else
+        printf("sparse kernels: no layer is %.0f%% sparse, where the CSR kernel starts to win\n",
+               100.0 * PARE_SPARSE_MIN_DEFAULT);
     if (a.json) print_json(&a, &mb, &after);
 
     pare_ctx_free(ctx);

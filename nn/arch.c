@@ -124,7 +124,8 @@ int pare_arch_to_json(const pare_model *m, char *buf, size_t len)
         const struct kind_info *k = kind_of(m->layers[i]->kind);
         if (!k) {
             pare_jw_free(&w);
-            return pare_set_error("layer %d of model '%s' has a kind the architecture JSON does not know", i, m->arch);
+            return pare_set_error("layer %d (%s) of model '%s' has no architecture JSON (a type defined outside nn)", i,
+                                  m->layers[i]->type->type_name, m->arch);
         }
         if (i) pare_jw_raw(&w, ",");
         layer_json(&w, m->layers[i], k);
@@ -296,6 +297,8 @@ static pare_layer *read_layer(const reader *r, const pare_json *o, const struct 
         break;
     case PARE_LOG_SOFTMAX:
         l = pare_log_softmax();
+        break;
+    case PARE_CUSTOM: /* not in kinds[]: the reader never gets here */
         break;
     }
     if (l) memcpy(l->name, name, sizeof name);

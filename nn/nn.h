@@ -24,6 +24,7 @@ typedef enum pare_layer_kind {
     PARE_BATCHNORM2D = 1 << 9,
     PARE_SOFTMAX = 1 << 10,
     PARE_LOG_SOFTMAX = 1 << 11,
+    PARE_CUSTOM = 1 << 12, /* a type defined outside nn: never fused, not in the architecture JSON */
 } pare_layer_kind;
 
 #define PARE_NAME_MAX 48

@@ -583,3 +583,49 @@ TEST(prune_sparse_file_with_bad_indices_is_refused)
     pare_model_free(m);
     unlink(path);
 }
+
+/* Masked units of a layer: rows of its weight that are all zero. */
+static int zero_units(const pare_layer *l)
+{
+    int units = l->out_features, n = 0;
+    size_t row = l->weight->size / (size_t)units;
+    for (int u = 0; u < units; u++) {
+        int zero = 1;
+        for (size_t j = 0; j < row; j++) zero &= l->weight->data[(size_t)u * row + j] == 0.0f;
+        n += zero;
+    }
+    return n;
+}
+
+/* A gradual structured schedule masks round(s_t * units) units of each
+ * listed layer at every update, never un-masks one, and surgery at the end
+ * leaves the final share. */
+TEST(prune_structured_agp_schedule_grows_unit_masks)
+{
+    pare_model *m = pare_sequential("t", pare_conv2d("c1", 2, 8, 3), pare_relu(), pare_maxpool2d(2), pare_flatten(),
+                                    pare_linear("fc1", 8 * 3 * 3, 12), pare_relu(), pare_linear("fc2", 12, 3), NULL);
+    m->seed = 9;
+    CHECK(pare_build(m, 2, 8, 8) == 0);
+    const char *layers[] = {"c1", "fc1", NULL};
+    pare_prune_schedule s;
+    CHECK(pare_prune_schedule_init(&s, PARE_SCHED_AGP, 0.0f, 0.5f, 0, 10, 2) == 0);
+    s.unit_layers = layers;
+    s.norm = 2;
+    float *before = NULL;
+    for (long t = 0; t <= 12; t++) {
+        CHECK(pare_prune_schedule_step(&s, m, NULL, t) == 0);
+        float target = pare_prune_sparsity_at(&s, t - (t % 2 && t < 10 ? 1 : 0));
+        pare_layer *c1 = m->layers[0], *fc1 = m->layers[4];
+        CHECKF(zero_units(c1) == (int)lround(target * 8) && zero_units(fc1) == (int)lround(target * 12),
+               "step %ld: %d and %d units masked, schedule %g", t, zero_units(c1), zero_units(fc1), (double)target);
+        if (before) /* a masked unit stays masked */
+            for (size_t i = 0; i < c1->weight->size; i++) CHECK(!(before[i] == 0.0f && c1->weight->data[i] != 0.0f));
+        pare_free(before);
+        before = pare_alloc(c1->weight->size * sizeof *before);
+        memcpy(before, c1->weight->data, c1->weight->size * sizeof *before);
+    }
+    pare_free(before);
+    CHECK(pare_prune_shrink(m) == 0);
+    CHECK(m->layers[0]->out_features == 4 && m->layers[4]->out_features == 6 && m->layers[4]->in_features == 4 * 9);
+    pare_model_free(m);
+}
