@@ -1,6 +1,6 @@
 /* pare compress: model compression in the same process as training; the
- * module's public header. Pruning has its own header, compress/prune.h,
- * included here. Distillation (a KD loss op, and a training loop with the teacher in
+ * module's public header. Pruning and quantization have their own headers,
+ * compress/prune.h and compress/quant.h, included here. Distillation (a KD loss op, and a training loop with the teacher in
  * no-grad eval mode) and low-rank factorization (one-sided Jacobi SVD,
  * Linear and Conv2d layers split in two through nn's layer-edit API).
  * compress reaches into a model only through what nn offers publicly. */
@@ -8,6 +8,7 @@
 #define PARE_COMPRESS_H
 
 #include "compress/prune.h"
+#include "compress/quant.h"
 #include "optim/fit.h"
 
 #ifdef __cplusplus

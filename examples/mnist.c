@@ -14,6 +14,7 @@ static const struct {
     {"distill", mnist_distill, "train a small student from a saved teacher (knowledge distillation)"},
     {"lowrank", mnist_lowrank, "factorize layers by truncated SVD, then fine-tune"},
     {"prune", mnist_prune, "prune a saved model (unstructured or structured), then fine-tune"},
+    {"quantize", mnist_quantize, "static int8 post-training quantization to the integer-only runtime"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 

@@ -1,8 +1,21 @@
 /* mnist eval --model FILE [--arch NAME] [--data DIR] [--threads T] [--json]
  * A pruned model (a float file or the compressed sparse format) runs its
  * sparse-enough layers through the CSR kernel (pare_prune_sparsify). */
+#include <string.h>
+
 #include "compress/prune.h"
 #include "examples/mnist.h"
+#include "nn/safetensors.h"
+
+/* pare.format of a file, or "" (the loaders report a bad file themselves). */
+static void file_format(const char *path, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    pare_st_file *f = pare_st_open(path);
+    const char *fmt = f ? pare_st_meta(f, "pare.format") : NULL;
+    if (fmt) snprintf(buf, len, "%s", fmt);
+    pare_st_close(f);
+}
 
 int mnist_eval(int argc, char **argv)
 {
@@ -21,6 +34,9 @@ int mnist_eval(int argc, char **argv)
     if (!model) cli_usage_error(usage, opts, n, "--model is required");
     if (threads < 0) cli_usage_error(usage, opts, n, "--threads must be >= 0");
     threads = cli_threads(threads);
+    char format[32];
+    file_format(model, format, sizeof format);
+    if (!strcmp(format, "int8")) return mnist_eval_int8(model, data, threads, json);
 
     pare_model *m = pare_prune_load(model, arch);
     if (m) pare_prune_detach(m); /* no training here: masks as plain zeros, no per-forward multiply */

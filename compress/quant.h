@@ -1,0 +1,233 @@
+/* pare quantization: quantization parameters, the fixed-point arithmetic of
+ * requantization, an integer-only int8 model (pare_qmodel), static
+ * post-training quantization (observers through nn's output hooks, then
+ * convert) and save/load of int8 models.
+ *
+ * Rules (the TFLite int8 specification; Jacob et al. 2018):
+ *  - real = scale * (q - zero_point).
+ *  - Quantize: q = clamp(round_half_away_from_zero(real / scale) + zero_point,
+ *    qmin, qmax). Rounding half away from zero is what TFLite's reference
+ *    does (std::round); it is symmetric, so w and -w quantize to -q and q.
+ *  - b-bit signed ranges: asymmetric [-2^(b-1), 2^(b-1)-1]; symmetric uses the
+ *    narrow range [-(2^(b-1)-1), 2^(b-1)-1] so that -q always exists (int8
+ *    weights lie in [-127, 127]) and zero point 0, so a weight that is exactly
+ *    zero (pruned) stays exactly zero.
+ *  - Ranges are widened to include 0 so that real 0 (padding, ReLU) is exact;
+ *    the asymmetric zero point is round(qmin - min/scale), clamped to the range.
+ *  - A range of width 0 (all values 0) gets scale 1: 0 is still exact.
+ *  - Weights: symmetric per output channel (axis 0). Activations: asymmetric
+ *    per tensor. Bias: int32, scale s_in * s_w[c], zero point 0.
+ *  - Requantization: an int32 accumulator times a real multiplier M =
+ *    s_in * s_w[c] / s_out is computed as M = m * 2^(shift - 31) with m a
+ *    Q0.31 int32 in [2^30, 2^31) and shift in [-31, 30]: for shift > 0 a
+ *    left shift (saturating where gemmlowp's would overflow), then
+ *    SaturatingRoundingDoublingHighMul (to nearest, ties toward +infinity:
+ *    gemmlowp's nudge), then RoundingDivideByPOT (to nearest, ties away from
+ *    zero), bit for bit as gemmlowp and TFLite's reference kernels; add
+ *    the output zero point, clamp to [act_min, act_max] (a fused ReLU is
+ *    act_min = zero point).
+ *  - Files: weights of 4 bits or fewer are packed two a byte. */
+#ifndef PARE_COMPRESS_QUANT_H
+#define PARE_COMPRESS_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data/data.h"
+#include "nn/nn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- parameters ----------------------------------------------------------- */
+typedef struct pare_qparams {
+    float scale;
+    int32_t zero_point;
+    int32_t qmin, qmax;
+} pare_qparams;
+
+/* The integer range of a signed b-bit type (2 <= bits <= 8); symmetric gives
+ * the narrow range. -1 with pare_error on a bad width. */
+int pare_qrange(int bits, int symmetric, int32_t *qmin, int32_t *qmax);
+/* Parameters covering [min, max] (widened to include 0). Symmetric: scale =
+ * max(|min|, |max|) / qmax, zero point 0. -1 with pare_error on a bad width or
+ * a non-finite or inverted range. */
+int pare_qparams_choose(float min, float max, int bits, int symmetric, pare_qparams *out);
+int32_t pare_quantize_value(float x, const pare_qparams *p);
+float pare_dequantize_value(int32_t q, const pare_qparams *p);
+/* Per-channel symmetric parameters of a weight [rows, cols] (rows = output
+ * channels), one scale a row; q (rows * cols int8) receives the values.
+ * -1 with pare_error on a bad width or a non-finite weight. */
+int pare_quantize_weight_per_channel(const float *w, int rows, int cols, int bits, int8_t *q, float *scales);
+
+/* ---- fixed point (gemmlowp / TFLite) ----------------------------------------- */
+/* a * b / 2^31 rounded to nearest, ties toward +infinity (gemmlowp's
+ * SaturatingRoundingDoublingHighMul), saturating the one overflow case
+ * a = b = INT32_MIN to INT32_MAX. Inline: the kernels call these per output. */
+static inline int32_t pare_srdhm(int32_t a, int32_t b)
+{
+    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX; /* the only overflow: 2^62 * 2 / 2^32 */
+    int64_t ab = (int64_t)a * b;
+    int64_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
+    /* C division truncates toward zero: with this nudge, ties go toward +infinity (gemmlowp's rule) */
+    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+}
+
+/* x / 2^exponent rounded to nearest, ties away from zero (gemmlowp's
+ * RoundingDivideByPOT), 0 <= exponent <= 31. */
+/* floor(v / 2^e) without division (a 40-cycle idiv per output otherwise)
+ * and without right-shifting a negative number (implementation-defined in C). */
+static inline int64_t pare_floor_shift(int64_t v, int e)
+{
+    return v >= 0 ? (int64_t)((uint64_t)v >> e) : ~(int64_t)((uint64_t)~v >> e);
+}
+static inline int32_t pare_rdbpot(int32_t x, int exponent)
+{
+    PARE_CHECK(exponent >= 0 && exponent <= 31, "pare_rdbpot: exponent %d", exponent);
+    int64_t mask = ((int64_t)1 << exponent) - 1;
+    int64_t v = x;
+    int64_t rem = v & mask; /* two's complement low bits: v - floor(v / 2^e) * 2^e */
+    int64_t threshold = (mask >> 1) + (v < 0);
+    return (int32_t)(pare_floor_shift(v, exponent) + (rem > threshold));
+}
+
+/* Splits a real multiplier 0 <= real < 2^30 into a Q0.31 multiplier and a
+ * shift: real ~= m * 2^(shift - 31). m = 0, shift = 0 for real 0 or a real so
+ * small (< 2^-32) that every product rounds to 0. -1 with pare_error for a
+ * negative, non-finite or too large real. */
+int pare_quantize_multiplier(double real, int32_t *m, int *shift);
+/* x * m * 2^(shift - 31) with the rounding above; a result past int32
+ * saturates (where gemmlowp's left shift would overflow). */
+static inline int32_t pare_mul_by_quantized_multiplier(int32_t x, int32_t m, int shift)
+{
+    if (shift <= 0) return pare_rdbpot(pare_srdhm(x, m), -shift);
+    /* gemmlowp shifts x left first and overflows for large x; the same
+     * rounding done in 64 bits (x * m / 2^(31 - shift), ties toward +inf) is
+     * bit-identical whenever gemmlowp's is defined, and saturates otherwise. */
+    int e = 31 - shift;
+    int64_t v = (int64_t)x * m + ((int64_t)1 << (e - 1));
+    int64_t q = pare_floor_shift(v, e);
+    if (q > INT32_MAX) return INT32_MAX;
+    if (q < INT32_MIN) return INT32_MIN;
+    return (int32_t)q;
+}
+
+/* ---- the int8 model ---------------------------------------------------------
+ * Activations NHWC, weights OHWI (conv) or [out][in] (linear), per sample.
+ * Integer only: the reference kernels use no float. */
+typedef enum pare_qkind { PARE_Q_CONV = 1, PARE_Q_LINEAR, PARE_Q_MAXPOOL, PARE_Q_FLATTEN } pare_qkind;
+
+typedef struct pare_qlayer {
+    pare_qkind kind;
+    char name[PARE_NAME_MAX];
+    int in_h, in_w, in_c;   /* input shape (h = w = 1 for a vector) */
+    int out_h, out_w, out_c;
+    int kernel, stride, pad; /* conv, maxpool */
+    int relu;                /* a ReLU was fused (it shows as act_min) */
+    int32_t in_zp, out_zp;
+    int32_t act_min, act_max; /* output clamp: fused ReLU is act_min = out_zp */
+    float in_scale, out_scale;
+    /* conv/linear: weight [out_c][kernel][kernel][in_c] or [out_c][in_c] */
+    int8_t *weight;
+    int32_t *bias;       /* out_c, scale in_scale * w_scale[c] */
+    int32_t *mult;       /* out_c Q0.31 multipliers */
+    int32_t *shift;      /* out_c shifts */
+    float *w_scale;      /* out_c, kept for inspection and float references */
+    int weight_bits;
+    size_t work_offset; /* set by pare_qmodel_plan: this layer's area in the scratch */
+} pare_qlayer;
+
+#define PARE_QMAX_LAYERS 64
+#define PARE_QMAX_NOTES 64
+typedef struct pare_qmodel {
+    char arch[PARE_NAME_MAX];
+    int n_layers;
+    pare_qlayer layers[PARE_QMAX_LAYERS];
+    int in_c, in_h, in_w;     /* the float model's input, NCHW */
+    float in_scale;           /* the int8 input's parameters */
+    int32_t in_zp;
+    int n_out;                /* outputs per sample */
+    float out_scale;
+    int32_t out_zp;
+    size_t scratch_bytes;     /* per call of pare_qmodel_forward*, any batch */
+    size_t act_bytes;         /* one activation buffer within it */
+    /* What conversion did with every float layer, for the report:
+     * "conv1: Conv2d + ReLU -> int8 conv", "LogSoftmax: dropped (...)". */
+    int n_notes;
+    char notes[PARE_QMAX_NOTES][128];
+} pare_qmodel;
+
+void pare_qmodel_free(pare_qmodel *qm);
+/* Fills out_h/out_w/out_c of every layer from the input shape, checks that
+ * the chain is consistent, and computes scratch_bytes. -1 with pare_error. */
+int pare_qmodel_plan(pare_qmodel *qm);
+
+/* Runs n samples of int8 input (each in_h*in_w*in_c, NHWC) to int8 output
+ * (each n_out). scratch: at least qm->scratch_bytes bytes, 4-byte aligned
+ * (malloc and pare_alloc memory is). No allocation. -1 with pare_error if
+ * the scratch is short or misaligned. */
+int pare_qmodel_forward(const pare_qmodel *qm, const int8_t *in, int n, int8_t *out, void *scratch,
+                        size_t scratch_bytes);
+/* Float NCHW input (normalized as for the float model) quantized at the
+ * entry, float output (dequantized logits). */
+int pare_qmodel_forward_float(const pare_qmodel *qm, const float *in, int n, float *out, void *scratch,
+                              size_t scratch_bytes);
+/* Top-1 accuracy on the first n images of ds (all if n <= 0), pixels
+ * normalized with MNIST's mean and std as the float model's loader does,
+ * in batches of 256 through the caller's scratch (it allocates two float
+ * staging buffers of a batch). -1 with pare_error. */
+double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n, void *scratch,
+                            size_t scratch_bytes);
+/* One layer on one sample (exposed for tests); work holds
+ * pare_qlayer_work_bytes(l) bytes, 4-byte aligned (NULL if 0). */
+void pare_qlayer_run(const pare_qlayer *l, const int8_t *in, int8_t *out, int8_t *work);
+size_t pare_qlayer_work_bytes(const pare_qlayer *l);
+
+/* ---- static post-training quantization -------------------------------------- */
+typedef enum pare_observer_kind {
+    PARE_OBSERVE_MINMAX,     /* the extremes of everything seen */
+    PARE_OBSERVE_MOVING_AVG, /* per batch extremes, averaged: min += c (batch_min - min); the first batch sets them */
+} pare_observer_kind;
+
+typedef struct pare_observer {
+    pare_observer_kind kind;
+    float averaging; /* c of the moving average */
+    float min, max;
+    long long count; /* values seen */
+} pare_observer;
+
+typedef struct pare_quant_config {
+    int weight_bits;            /* 8 */
+    int act_bits;               /* 8 */
+    pare_observer_kind observer; /* PARE_OBSERVE_MINMAX */
+    float averaging;            /* 0.01, PyTorch's MovingAverageMinMaxObserver default */
+} pare_quant_config;
+pare_quant_config pare_quant_defaults(void);
+
+/* Installs observers of cfg's kind (NULL: the defaults), hooks named
+ * "observer", on the model's input and on the output of every layer.
+ * -1 if a chain is full or the averaging constant is not in (0, 1]. */
+int pare_quant_prepare(pare_model *m, const pare_quant_config *cfg);
+/* Removes them. */
+void pare_quant_unprepare(pare_model *m);
+/* The observer of a layer's output (layer -1: the model input); NULL if none. */
+const pare_observer *pare_quant_observer(pare_model *m, int layer);
+/* Runs the first n images of ds in file order (batch 256, no grad, eval
+ * mode) through a prepared model. -1 with pare_error. */
+int pare_quant_calibrate(pare_ctx *ctx, pare_model *m, const pare_dataset *ds, int n);
+/* Converts a calibrated model to int8. NULL with pare_error naming the
+ * layer for anything the int8 runtime cannot run. */
+pare_qmodel *pare_quant_convert(pare_model *m, const pare_quant_config *cfg);
+
+/* ---- save / load ---------------------------------------------------------- */
+/* safetensors with pare.format "int8" and pare.arch; no float weights. */
+int pare_qmodel_save(const pare_qmodel *qm, const char *path);
+pare_qmodel *pare_qmodel_load(const char *path);
+/* From a buffer (for the fuzz target); `what` names it in messages. */
+pare_qmodel *pare_qmodel_parse(const void *buf, size_t len, const char *what);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
