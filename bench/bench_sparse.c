@@ -68,8 +68,8 @@ static double time_job(const job *j)
 static int kernels(void)
 {
     enum { ROWS = 128, COLS = 1600, MAXB = 256 };
-    float *w = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * MAXB * COLS);
-    float *y1 = malloc(sizeof(float) * MAXB * ROWS), *y2 = malloc(sizeof(float) * MAXB * ROWS), bias[ROWS];
+    float *w = pare_calloc(sizeof(float) * ROWS * COLS), *x = pare_calloc(sizeof(float) * MAXB * COLS);
+    float *y1 = pare_calloc(sizeof(float) * MAXB * ROWS), *y2 = pare_calloc(sizeof(float) * MAXB * ROWS), bias[ROWS];
     pare_rng r;
     pare_rng_seed(&r, 1, PARE_STREAM_TEST);
     /* Magnitude pruning of a uniform matrix at 90% keeps |w| above 0.9. */
@@ -80,7 +80,7 @@ static int kernels(void)
     for (int i = 0; i < MAXB * COLS; i++) x[i] = pare_rng_range(&r, 0, 1);
     for (int i = 0; i < ROWS; i++) bias[i] = pare_rng_range(&r, -1, 1);
     pare_csr *a = pare_csr_from_dense(w, ROWS, COLS);
-    float *scratch = malloc(sizeof(float) * (pare_csr_linear_scratch(a, MAXB) + 1));
+    float *scratch = pare_calloc(sizeof(float) * (pare_csr_linear_scratch(a, MAXB) + 1));
     printf("fc1 %d x %d at %.1f%% sparsity (%d non-zeros), %d thread(s)\n", ROWS, COLS,
            100.0 * (1.0 - (double)a->nnz / (ROWS * COLS)), a->nnz, pare_threads());
     printf("%-8s %12s %12s %9s %12s\n", "batch", "dense us", "sparse us", "speed-up", "max |diff|");
@@ -102,7 +102,7 @@ static int kernels(void)
                batches[b] == 1 ? "   (goal at batch 1: >= 2x)" : "");
     }
     pare_csr_free(a);
-    free(w), free(x), free(y1), free(y2), free(scratch);
+    pare_free(w), pare_free(x), pare_free(y1), pare_free(y2), pare_free(scratch);
     return ok ? 0 : 1;
 }
 

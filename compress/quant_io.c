@@ -22,6 +22,7 @@ typedef struct names {
 
 static void layer_names(names *n, int i)
 {
+    /* cppcheck-suppress ctuuninitvar ; *n is written here, not read */
     snprintf(n->cfg, sizeof n->cfg, "layer%d.config", i);
     snprintf(n->scales, sizeof n->scales, "layer%d.scales", i);
     snprintf(n->weight, sizeof n->weight, "layer%d.weight", i);

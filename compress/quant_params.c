@@ -7,7 +7,10 @@
 
 int pare_qrange(int bits, int symmetric, int32_t *qmin, int32_t *qmax)
 {
-    if (bits < 2 || bits > 8) return pare_set_error("bit width %d: it must be between 2 and 8", bits);
+    if (bits < 2 || bits > 8) {
+        pare_set_error("bit width %d: it must be between 2 and 8", bits);
+        return -1; /* spelled out so analyzers see that *qmin, *qmax are set whenever 0 is returned */
+    }
     int32_t hi = (1 << (bits - 1)) - 1;
     *qmax = hi;
     /* narrow range when symmetric: -q exists for every q */
@@ -17,9 +20,10 @@ int pare_qrange(int bits, int symmetric, int32_t *qmin, int32_t *qmax)
 
 int pare_qparams_choose(float min, float max, int bits, int symmetric, pare_qparams *out)
 {
-    if (!isfinite(min) || !isfinite(max) || min > max)
-        return pare_set_error("quantization range [%g, %g]: it must be finite with min <= max", (double)min,
-                              (double)max);
+    if (!isfinite(min) || !isfinite(max) || min > max) {
+        pare_set_error("quantization range [%g, %g]: it must be finite with min <= max", (double)min, (double)max);
+        return -1; /* spelled out so analyzers see that *out is set whenever 0 is returned */
+    }
     if (pare_qrange(bits, symmetric, &out->qmin, &out->qmax)) return -1;
     /* real 0 must be exactly representable (padding, ReLU, pruned weights) */
     if (min > 0) min = 0;

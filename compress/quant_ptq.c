@@ -157,9 +157,10 @@ static int act_params(convert_state *s, int index, pare_qparams *p)
 {
     const pare_observer *o = pare_quant_observer(s->m, index);
     const char *what = index < 0 ? "the input" : layer_label(s->m->layers[index]);
-    if (!o || o->count == 0)
-        return pare_set_error("convert: %s was never observed (pare_quant_prepare, then pare_quant_calibrate)",
-                              what);
+    if (!o || o->count == 0) {
+        pare_set_error("convert: %s was never observed (pare_quant_prepare, then pare_quant_calibrate)", what);
+        return -1; /* spelled out so analyzers see that *p is set whenever 0 is returned */
+    }
     return pare_qparams_choose(o->min, o->max, s->cfg->act_bits, 0, p);
 }
 

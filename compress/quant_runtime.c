@@ -254,7 +254,7 @@ static void maxpool_run(const pare_qlayer *l, const int8_t *in, int8_t *out)
                 int best = -128;
                 for (int ky = 0; ky < k; ky++)
                     for (int kx = 0; kx < k; kx++) {
-                        int v = in[(((size_t)(oy * l->stride + ky) * l->in_w) + ox * l->stride + kx) * c + ch];
+                        int v = (int)in[(((size_t)(oy * l->stride + ky) * l->in_w) + ox * l->stride + kx) * c + ch]; // NOLINT(bugprone-signed-char-misuse): int8 values
                         if (v > best) best = v;
                     }
                 if (best < l->act_min) best = l->act_min;

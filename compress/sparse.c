@@ -398,7 +398,7 @@ pare_model *pare_prune_load_sparse(const char *path)
     const char *format = pare_st_meta(f, "pare.format"), *arch = pare_st_meta(f, "pare.arch");
     const char *pruned = pare_st_meta(f, "pare.pruned");
     pare_model *m = NULL;
-    if (!format || strcmp(format, "sparse") || !arch) {
+    if (!format || strcmp(format, "sparse") != 0 || !arch) {
         pare_set_error("%s: not a sparse pare model (pare.format '%.40s')", path, format ? format : "");
     } else if ((m = pare_arch_from_json(arch)) != NULL) {
         if (read_tensors(f, m) || (pruned && pruned[0] && pare_prune_restore(m, pruned))) {

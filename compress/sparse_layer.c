@@ -159,7 +159,7 @@ static int convertible(pare_layer *l)
 {
     if (!(l->kind & (PARE_LINEAR | PARE_CONV2D)) || !l->weight) return 0;
     for (int h = 0; h < l->weight_hooks.n; h++)
-        if (strcmp(l->weight_hooks.hooks[h]->name, PARE_PRUNE_HOOK)) return 0;
+        if (strcmp(l->weight_hooks.hooks[h]->name, PARE_PRUNE_HOOK) != 0) return 0;
     return 1;
 }
 
