@@ -27,19 +27,19 @@ struct pare_node {
     pare_tensor *in[PARE_NODE_MAX_IN];
     int n_in;
     pare_tensor *out;
-    void *saved;     /* op-defined values kept for backward, in the arena */
-    int iarg[8];     /* op-defined integer arguments (stride, padding, ...) */
-    float farg[4];   /* op-defined float arguments */
+    void *saved;   /* op-defined values kept for backward, in the arena */
+    int iarg[8];   /* op-defined integer arguments (stride, padding, ...) */
+    float farg[4]; /* op-defined float arguments */
 };
 
 struct pare_ctx {
-    pare_arena arena;      /* activations, their grads, scratch */
+    pare_arena arena; /* activations, their grads, scratch */
     pare_node *tape;
     int tape_len, tape_cap;
-    int grad_enabled;      /* 0 inside no-grad regions */
-    int training;          /* dropout and batchnorm behaviour */
-    uint64_t seed;         /* for dropout masks */
-    uint64_t step;         /* dropout counter: each dropout call takes the next value */
+    int grad_enabled; /* 0 inside no-grad regions */
+    int training;     /* dropout and batchnorm behaviour */
+    uint64_t seed;    /* for dropout masks */
+    uint64_t step;    /* dropout counter: each dropout call takes the next value */
 };
 
 /* A context owns one arena. arena_bytes = 0 picks a default first block. */
@@ -66,8 +66,7 @@ int pare_backward(pare_ctx *ctx, pare_tensor *loss);
 pare_tensor *pare_ctx_tensor(pare_ctx *ctx, int ndim, const int *shape);
 /* Records a node if grad is enabled and any input needs a gradient; marks
  * out as requiring grad. Returns the node (or NULL when nothing is recorded). */
-pare_node *pare_record(pare_ctx *ctx, const pare_op *op, pare_tensor *out, int n_in,
-                       pare_tensor *const *in);
+pare_node *pare_record(pare_ctx *ctx, const pare_op *op, pare_tensor *out, int n_in, pare_tensor *const *in);
 /* The gradient buffer of t, zero-initialized in the arena on first use. */
 float *pare_grad_of(pare_ctx *ctx, pare_tensor *t);
 /* For a backward that writes every element of t's gradient: the buffer, with
@@ -76,7 +75,10 @@ float *pare_grad_of(pare_ctx *ctx, pare_tensor *t);
  * re-reading a buffer in the usual case of a tensor with one consumer. */
 float *pare_grad_dst(pare_ctx *ctx, pare_tensor *t, int *fresh);
 /* Whether backward must compute the gradient of this input. */
-static inline int pare_wants_grad(const pare_tensor *t) { return t && t->requires_grad; }
+static inline int pare_wants_grad(const pare_tensor *t)
+{
+    return t && t->requires_grad;
+}
 
 /* ---- ops (each in autograd/op_*.c, forward and backward side by side) ---
  * Ops that share a name with a layer constructor of nn/ carry an f_ (as in
@@ -101,21 +103,20 @@ pare_tensor *pare_f_matmul(pare_ctx *ctx, pare_tensor *a, pare_tensor *b); /* [M
 /* x[N, in] W[out, in]^T + b[out]; b may be NULL. */
 pare_tensor *pare_f_linear(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b);
 /* x[N,C,H,W] * w[O,C,k,k] + b[O]; b may be NULL. */
-pare_tensor *pare_f_conv2d(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b, int stride,
-                         int pad);
+pare_tensor *pare_f_conv2d(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b, int stride, int pad);
 /* conv2d, then ReLU (relu = 1), then a max-pool with window and stride `pool`
  * (0: none), as one op: bitwise the same as the three ops, without writing
  * the intermediate activations. */
-pare_tensor *pare_f_conv2d_fused(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b, int stride,
-                                 int pad, int relu, int pool);
+pare_tensor *pare_f_conv2d_fused(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b, int stride, int pad,
+                                 int relu, int pool);
 /* pooling over [N,C,H,W] */
 pare_tensor *pare_f_maxpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int stride);
 pare_tensor *pare_f_avgpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int stride);
 /* Batch normalization over dim 1 of [N,C,H,W] or [N,C]. In training, uses
  * batch statistics and updates running_mean/var (PyTorch's unbiased variance
  * and momentum rule); otherwise uses the running statistics. */
-pare_tensor *pare_f_batchnorm(pare_ctx *ctx, pare_tensor *x, pare_tensor *gamma, pare_tensor *beta,
-                            float *running_mean, float *running_var, float momentum, float eps);
+pare_tensor *pare_f_batchnorm(pare_ctx *ctx, pare_tensor *x, pare_tensor *gamma, pare_tensor *beta, float *running_mean,
+                              float *running_var, float momentum, float eps);
 /* row-wise over the last dim of [N, K] */
 pare_tensor *pare_f_softmax(pare_ctx *ctx, pare_tensor *x);
 pare_tensor *pare_f_log_softmax(pare_ctx *ctx, pare_tensor *x);
@@ -131,13 +132,13 @@ pare_tensor *pare_mse_loss(pare_ctx *ctx, pare_tensor *pred, pare_tensor *target
  * (atol + rtol * |numeric|); <= 1 passes. */
 typedef pare_tensor *(*pare_gradcheck_fn)(pare_ctx *ctx, pare_tensor **inputs, void *user);
 typedef struct pare_gradcheck_result {
-    double worst_ratio;   /* <= 1 passes */
+    double worst_ratio; /* <= 1 passes */
     double max_abs_err;
     int worst_input, worst_index;
     double analytic, numeric;
 } pare_gradcheck_result;
-pare_gradcheck_result pare_gradcheck(pare_gradcheck_fn fn, pare_tensor **inputs, int n_inputs,
-                                     void *user, double eps, double atol, double rtol);
+pare_gradcheck_result pare_gradcheck(pare_gradcheck_fn fn, pare_tensor **inputs, int n_inputs, void *user, double eps,
+                                     double atol, double rtol);
 
 #ifdef __cplusplus
 }

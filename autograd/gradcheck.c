@@ -22,8 +22,8 @@ static double eval_f(pare_ctx *ctx, pare_gradcheck_fn fn, pare_tensor **inputs, 
     return f;
 }
 
-pare_gradcheck_result pare_gradcheck(pare_gradcheck_fn fn, pare_tensor **inputs, int n_inputs, void *user,
-                                     double eps, double atol, double rtol)
+pare_gradcheck_result pare_gradcheck(pare_gradcheck_fn fn, pare_tensor **inputs, int n_inputs, void *user, double eps,
+                                     double atol, double rtol)
 {
     pare_gradcheck_result res = {0, 0, -1, -1, 0, 0};
     pare_ctx *ctx = pare_ctx_new(0);

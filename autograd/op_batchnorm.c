@@ -74,8 +74,8 @@ static void bn_backward(pare_ctx *ctx, pare_node *node)
 }
 static const pare_op bn_op = {"batchnorm", bn_backward};
 
-pare_tensor *pare_f_batchnorm(pare_ctx *ctx, pare_tensor *x, pare_tensor *gamma, pare_tensor *beta,
-                              float *running_mean, float *running_var, float momentum, float eps)
+pare_tensor *pare_f_batchnorm(pare_ctx *ctx, pare_tensor *x, pare_tensor *gamma, pare_tensor *beta, float *running_mean,
+                              float *running_var, float momentum, float eps)
 {
     PARE_CHECK(x->ndim >= 2 && (int)gamma->size == x->shape[1] && (int)beta->size == x->shape[1],
                "batchnorm: %zu scales for %d channels", gamma->size, x->ndim >= 2 ? x->shape[1] : -1);

@@ -26,7 +26,10 @@ static pare_conv_geom geometry(const pare_tensor *x, const pare_tensor *w, int s
     return g;
 }
 
-static inline float act(float v, int relu) { return relu ? (v > 0.0f ? v : 0.0f) : v; }
+static inline float act(float v, int relu)
+{
+    return relu ? (v > 0.0f ? v : 0.0f) : v;
+}
 
 /* ---- epilogue: ymat[o][n*P + p] -> out[n][o][...] ----------------------------- */
 static void plane_out(const float *src, float b, int relu, size_t P, float *dst)
@@ -38,8 +41,7 @@ static void plane_out(const float *src, float b, int relu, size_t P, float *dst)
  * into four contiguous arrays, so that the selects that follow run on whole
  * vectors; the same first-maximum rule (row-major) as plane_pool. */
 #define POOL2_CHUNK 256
-static void pool2_corners(const float *restrict r, float b, int relu, int n, float *restrict even,
-                          float *restrict odd)
+static void pool2_corners(const float *restrict r, float b, int relu, int n, float *restrict even, float *restrict odd)
 {
     for (int j = 0; j < n; j++) {
         even[j] = act(r[2 * j] + b, relu);
@@ -93,8 +95,7 @@ static void plane_pool2(const float *src, float b, int relu, const pare_conv_geo
 }
 
 /* Max-pool of act(src + b) over k x k windows with stride k; first maximum wins. */
-static void plane_pool(const float *src, float b, int relu, const pare_conv_geom *g, int k, float *dst,
-                       uint8_t *arg)
+static void plane_pool(const float *src, float b, int relu, const pare_conv_geom *g, int k, float *dst, uint8_t *arg)
 {
     int ph = g->oh / k, pw = g->ow / k;
     for (int py = 0; py < ph; py++)
@@ -113,8 +114,8 @@ static void plane_pool(const float *src, float b, int relu, const pare_conv_geom
         }
 }
 
-static void epilogue(const float *ymat, const float *bias, int N, int O, const pare_conv_geom *g, int relu,
-                     int pool, float *out, uint8_t *arg)
+static void epilogue(const float *ymat, const float *bias, int N, int O, const pare_conv_geom *g, int relu, int pool,
+                     float *out, uint8_t *arg)
 {
     size_t P = (size_t)g->oh * g->ow, NP = (size_t)N * P;
     size_t Q = pool ? (size_t)(g->oh / pool) * (g->ow / pool) : P; /* output plane */
@@ -124,9 +125,12 @@ static void epilogue(const float *ymat, const float *bias, int N, int O, const p
             const float *src = ymat + (size_t)o * NP + (size_t)n * P;
             float b = bias ? bias[o] : 0.0f;
             size_t at = ((size_t)n * O + o) * Q;
-            if (pool == 2) plane_pool2(src, b, relu, g, out + at, arg + at);
-            else if (pool) plane_pool(src, b, relu, g, pool, out + at, arg + at);
-            else plane_out(src, b, relu, P, out + at);
+            if (pool == 2)
+                plane_pool2(src, b, relu, g, out + at, arg + at);
+            else if (pool)
+                plane_pool(src, b, relu, g, pool, out + at, arg + at);
+            else
+                plane_out(src, b, relu, P, out + at);
         }
 }
 
@@ -216,8 +220,8 @@ pare_tensor *pare_f_conv2d_fused(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, 
                                  int relu, int pool)
 {
     PARE_CHECK(x->ndim == 4 && w->ndim == 4 && x->shape[1] == w->shape[1],
-               "conv2d: input [%d, %d, %d, %d] with weight [%d, %d, %d, %d]", x->shape[0], x->shape[1],
-               x->shape[2], x->shape[3], w->shape[0], w->shape[1], w->shape[2], w->shape[3]);
+               "conv2d: input [%d, %d, %d, %d] with weight [%d, %d, %d, %d]", x->shape[0], x->shape[1], x->shape[2],
+               x->shape[3], w->shape[0], w->shape[1], w->shape[2], w->shape[3]);
     pare_conv_geom g = geometry(x, w, stride, pad);
     PARE_CHECK(g.oh > 0 && g.ow > 0, "conv2d: %dx%d kernel does not fit a %dx%d input", g.kh, g.kw, g.h, g.w);
     PARE_CHECK(pool >= 0 && pool <= 16 && (!pool || (g.oh >= pool && g.ow >= pool)),

@@ -12,8 +12,7 @@ static void check_same_shape(const char *op, const pare_tensor *a, const pare_te
 {
     char sa[64], sb[64];
     PARE_CHECK(pare_shape_equal(a, b), "%s: shapes %s and %s differ", op,
-               pare_shape_str(a->ndim, a->shape, sa, sizeof sa),
-               pare_shape_str(b->ndim, b->shape, sb, sizeof sb));
+               pare_shape_str(a->ndim, a->shape, sa, sizeof sa), pare_shape_str(b->ndim, b->shape, sb, sizeof sb));
 }
 
 /* ---- add: y = a + b --------------------------------------------------- */
@@ -49,8 +48,10 @@ static void add_bias_backward(pare_ctx *ctx, pare_node *n)
     if (pare_wants_grad(x)) {
         int fresh;
         float *dx = pare_grad_dst(ctx, x, &fresh);
-        if (fresh) pare_vec_copy(dx, dy, x->size);
-        else pare_vec_acc(dx, dy, x->size);
+        if (fresh)
+            pare_vec_copy(dx, dy, x->size);
+        else
+            pare_vec_acc(dx, dy, x->size);
     }
     if (!pare_wants_grad(b)) return;
     int N, C;
@@ -68,8 +69,8 @@ static const pare_op add_bias_op = {"add_bias", add_bias_backward};
 
 pare_tensor *pare_f_add_bias(pare_ctx *ctx, pare_tensor *x, pare_tensor *b)
 {
-    PARE_CHECK(x->ndim >= 2 && (int)b->size == x->shape[1], "add_bias: %zu biases for %d channels",
-               b->size, x->ndim >= 2 ? x->shape[1] : -1);
+    PARE_CHECK(x->ndim >= 2 && (int)b->size == x->shape[1], "add_bias: %zu biases for %d channels", b->size,
+               x->ndim >= 2 ? x->shape[1] : -1);
     int N, C;
     size_t inner;
     bias_dims(x, &N, &C, &inner);
@@ -142,8 +143,8 @@ static const pare_op reshape_op = {"reshape", reshape_backward};
 
 pare_tensor *pare_f_reshape(pare_ctx *ctx, pare_tensor *x, int ndim, const int *shape)
 {
-    PARE_CHECK(pare_shape_size(ndim, shape) == x->size, "reshape: %zu elements into %zu",
-               x->size, pare_shape_size(ndim, shape));
+    PARE_CHECK(pare_shape_size(ndim, shape) == x->size, "reshape: %zu elements into %zu", x->size,
+               pare_shape_size(ndim, shape));
     /* The view shares x's data; only the header is new. */
     pare_tensor *y = pare_arena_alloc(&ctx->arena, sizeof *y);
     PARE_CHECK(y, "arena full");
@@ -180,6 +181,12 @@ static pare_tensor *scaled_sum(pare_ctx *ctx, pare_tensor *x, float s)
     return y;
 }
 
-pare_tensor *pare_f_sum(pare_ctx *ctx, pare_tensor *x) { return scaled_sum(ctx, x, 1.0f); }
+pare_tensor *pare_f_sum(pare_ctx *ctx, pare_tensor *x)
+{
+    return scaled_sum(ctx, x, 1.0f);
+}
 
-pare_tensor *pare_f_mean(pare_ctx *ctx, pare_tensor *x) { return scaled_sum(ctx, x, 1.0f / (float)x->size); }
+pare_tensor *pare_f_mean(pare_ctx *ctx, pare_tensor *x)
+{
+    return scaled_sum(ctx, x, 1.0f / (float)x->size);
+}

@@ -19,8 +19,8 @@ static const pare_op matmul_op = {"matmul", matmul_backward};
 
 pare_tensor *pare_f_matmul(pare_ctx *ctx, pare_tensor *a, pare_tensor *b)
 {
-    PARE_CHECK(a->ndim == 2 && b->ndim == 2 && a->shape[1] == b->shape[0],
-               "matmul: [%d, %d] x [%d, %d]", a->shape[0], a->shape[1], b->shape[0], b->shape[1]);
+    PARE_CHECK(a->ndim == 2 && b->ndim == 2 && a->shape[1] == b->shape[0], "matmul: [%d, %d] x [%d, %d]", a->shape[0],
+               a->shape[1], b->shape[0], b->shape[1]);
     int M = a->shape[0], K = a->shape[1], N = b->shape[1];
     pare_tensor *y = pare_tensor_2d(&ctx->arena, M, N);
     pare_sgemm(0, 0, M, N, K, 1.0f, a->data, K, b->data, N, 0.0f, y->data, N);
@@ -56,8 +56,7 @@ static const pare_op linear_op = {"linear", linear_backward};
 pare_tensor *pare_f_linear(pare_ctx *ctx, pare_tensor *x, pare_tensor *w, pare_tensor *b)
 {
     PARE_CHECK(x->ndim == 2 && w->ndim == 2 && x->shape[1] == w->shape[1],
-               "linear: input [%d, %d] with weight [%d, %d]", x->shape[0], x->shape[1], w->shape[0],
-               w->shape[1]);
+               "linear: input [%d, %d] with weight [%d, %d]", x->shape[0], x->shape[1], w->shape[0], w->shape[1]);
     PARE_CHECK(!b || (int)b->size == w->shape[0], "linear: %zu biases for %d outputs", b->size, w->shape[0]);
     int N = x->shape[0], in = w->shape[1], out = w->shape[0];
     pare_tensor *y = pare_tensor_2d(&ctx->arena, N, out);

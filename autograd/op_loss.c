@@ -154,8 +154,7 @@ static const pare_op mse_op = {"mse_loss", mse_backward};
 
 pare_tensor *pare_mse_loss(pare_ctx *ctx, pare_tensor *pred, pare_tensor *target)
 {
-    PARE_CHECK(pred->size == target->size, "mse_loss: %zu predictions for %zu targets", pred->size,
-               target->size);
+    PARE_CHECK(pred->size == target->size, "mse_loss: %zu predictions for %zu targets", pred->size, target->size);
     int one = 1;
     double s = 0;
     for (size_t i = 0; i < pred->size; i++) {

@@ -36,7 +36,7 @@ static void maxpool_backward(pare_ctx *ctx, pare_node *n)
     int fresh;
     float *dx = pare_grad_dst(ctx, n->in[0], &fresh);
     if (fresh) memset(dx, 0, n->in[0]->size * sizeof(float));
-    /* Windows may overlap when stride < kernel: each plane is one thread's. */
+        /* Windows may overlap when stride < kernel: each plane is one thread's. */
 #pragma omp parallel for schedule(static) if (n->in[0]->size > PARE_PARALLEL_MIN)
     for (int p = 0; p < d.planes; p++) {
         float *dst = dx + (size_t)p * d.h * d.w;

@@ -59,8 +59,7 @@ static void tape_reserve(pare_ctx *ctx)
     ctx->tape_cap = cap;
 }
 
-pare_node *pare_record(pare_ctx *ctx, const pare_op *op, pare_tensor *out, int n_in,
-                       pare_tensor *const *in)
+pare_node *pare_record(pare_ctx *ctx, const pare_op *op, pare_tensor *out, int n_in, pare_tensor *const *in)
 {
     PARE_CHECK(n_in <= PARE_NODE_MAX_IN, "op %s has %d inputs", op->name, n_in);
     out->requires_grad = 0;
@@ -102,8 +101,7 @@ float *pare_grad_dst(pare_ctx *ctx, pare_tensor *t, int *fresh)
 
 int pare_backward(pare_ctx *ctx, pare_tensor *loss)
 {
-    if (loss->size != 1)
-        return pare_set_error("backward() needs a scalar loss; got %zu elements", loss->size);
+    if (loss->size != 1) return pare_set_error("backward() needs a scalar loss; got %zu elements", loss->size);
     if (!loss->requires_grad || loss->node < 0)
         return pare_set_error("backward(): the loss does not depend on any tensor that requires grad "
                               "(was it computed in no-grad mode?)");

@@ -33,8 +33,8 @@ static const shape shapes[] = {
     {"eval fc2 b256", 0, 1, 256, 10, 128},
 };
 
-#define REPS 9
-#define REP_SECONDS 0.004
+#define REPS          9
+#define REP_SECONDS   0.004
 #define SHAPE_SECONDS 0.4
 
 static double now(void)
@@ -67,8 +67,7 @@ static double time_shape(const shape *s, const float *A, int lda, const float *B
     int reps = 0;
     while (reps < REPS && (reps < 3 || now() - start < SHAPE_SECONDS)) {
         double t0 = now();
-        for (int c = 0; c < calls; c++)
-            pare_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
+        for (int c = 0; c < calls; c++) pare_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
         t[reps++] = (now() - t0) / calls;
     }
     qsort(t, (size_t)reps, sizeof t[0], cmp_double);
@@ -103,9 +102,8 @@ int main(void)
             if (th == 1) memcpy(C1, C, nc * sizeof(float));
         }
         int same = max_threads < 2 || memcmp(C, C1, nc * sizeof(float)) == 0;
-        printf("%-16s %c%c %6d %7d %6d %8.1f %8.1f %6.2f %5s\n", s->name, s->ta ? 'T' : 'N',
-               s->tb ? 'T' : 'N', s->M, s->N, s->K, gf[0], gf[1], gf[0] > 0 ? gf[1] / gf[0] : 0.0,
-               same ? "yes" : "NO");
+        printf("%-16s %c%c %6d %7d %6d %8.1f %8.1f %6.2f %5s\n", s->name, s->ta ? 'T' : 'N', s->tb ? 'T' : 'N', s->M,
+               s->N, s->K, gf[0], gf[1], gf[0] > 0 ? gf[1] / gf[0] : 0.0, same ? "yes" : "NO");
         fflush(stdout);
         pare_free(A);
         pare_free(B);

@@ -12,7 +12,7 @@
 #include "compress/prune.h"
 #include "examples/cli.h"
 
-#define REPS 15
+#define REPS        15
 #define REP_SECONDS 0.01
 
 static double now(void)
@@ -213,7 +213,8 @@ static int break_even(void)
             for (int b = 0; b < 2; b++) {
                 int n = b ? 256 : 1;
                 pare_arena_pos pos = pare_arena_pos_get(&ctx->arena);
-                pare_tensor *x = conv ? pare_tensor_4d(&ctx->arena, n, 32, 13, 13) : pare_tensor_2d(&ctx->arena, n, 1600);
+                pare_tensor *x =
+                    conv ? pare_tensor_4d(&ctx->arena, n, 32, 13, 13) : pare_tensor_2d(&ctx->arena, n, 1600);
                 for (size_t i = 0; i < x->size; i++) x->data[i] = (float)((i * 7919) % 1000) / 1000.0f;
                 fwd_job jd = {ctx, d, x}, js = {ctx, s, x};
                 t[b][0] = time_forward(&jd);

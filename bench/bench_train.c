@@ -62,8 +62,10 @@ static const struct {
     const char *what;
     double torch;
 } reference[] = {
-    {"train img/s, 1 thread", 4000}, {"train img/s, 2 threads", 6150},
-    {"eval img/s, batch 256", 13550}, {"latency us, batch 1", 220},
+    {"train img/s, 1 thread", 4000},
+    {"train img/s, 2 threads", 6150},
+    {"eval img/s, batch 256", 13550},
+    {"latency us, batch 1", 220},
 };
 
 int main(int argc, char **argv)

@@ -1,9 +1,8 @@
 /* pare compress: model compression in the same process as training; the
  * module's public header. Pruning and quantization have their own headers,
- * compress/prune.h and compress/quant.h, included here. Distillation (a KD loss op, and a training loop with the teacher in
- * no-grad eval mode) and low-rank factorization (one-sided Jacobi SVD,
- * Linear and Conv2d layers split in two through nn's layer-edit API).
- * compress reaches into a model only through what nn offers publicly. */
+ * compress/prune.h and compress/quant.h, included here. Distillation (a KD loss op, and a training loop with the
+ * teacher in no-grad eval mode) and low-rank factorization (one-sided Jacobi SVD, Linear and Conv2d layers split in two
+ * through nn's layer-edit API). compress reaches into a model only through what nn offers publicly. */
 #ifndef PARE_COMPRESS_H
 #define PARE_COMPRESS_H
 
@@ -32,11 +31,11 @@ pare_tensor *pare_kd_loss(pare_ctx *ctx, pare_tensor *student_logits, const pare
 pare_tensor *pare_logits(pare_ctx *ctx, pare_model *m, pare_tensor *x);
 
 typedef struct pare_distill_config {
-    int epochs;                        /* 3 */
-    float temperature;                 /* 4 */
-    float alpha;                       /* 0.9; 0 trains the student alone */
-    int progress;                      /* as pare_fit's */
-    const char *label;                 /* "distill" */
+    int epochs;        /* 3 */
+    float temperature; /* 4 */
+    float alpha;       /* 0.9; 0 trains the student alone */
+    int progress;      /* as pare_fit's */
+    const char *label; /* "distill" */
     /* Called after every epoch (stats as pare_fit's, loss = the KD loss);
      * non-zero stops. */
     int (*on_epoch)(void *user, pare_model *student, const pare_epoch_stats *s);

@@ -127,7 +127,8 @@ static int check_models(pare_model *student, pare_model *teacher, const pare_dis
     const pare_layer *ls = student->layers[student->n_layers - 1], *lt = teacher->layers[teacher->n_layers - 1];
     if (ls->out_ndim != 1 || lt->out_ndim != 1 || ls->out_shape[0] != lt->out_shape[0])
         return pare_set_error("distill: student '%s' and teacher '%s' must both output one score per class, as many "
-                              "classes each", student->arch, teacher->arch);
+                              "classes each",
+                              student->arch, teacher->arch);
     if (ls->out_shape[0] > 64) return pare_set_error("distill: at most 64 classes (got %d)", ls->out_shape[0]);
     return 0;
 }

@@ -100,8 +100,10 @@ int pare_svd(const double *a, int m, int n, double *u, double *s, double *v)
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             /* column-major w: column c, row r at c * rows + r */
-            if (tall) w[(size_t)j * rows + i] = a[(size_t)i * n + j];
-            else w[(size_t)i * rows + j] = a[(size_t)i * n + j];
+            if (tall)
+                w[(size_t)j * rows + i] = a[(size_t)i * n + j];
+            else
+                w[(size_t)i * rows + j] = a[(size_t)i * n + j];
         }
     for (int i = 0; i < cols * cols; i++) rot[i] = i % (cols + 1) == 0;
     int rc = jacobi(w, rot, rows, cols);
@@ -243,7 +245,8 @@ static int check_rank(pare_model *m, const pare_layer *l, int rank, int max_rank
     }
     if (l->weight_hooks.n || l->output_hooks.n)
         return pare_set_error("low rank: layer %s has hooks (masks or fake-quant); factorize before pruning or "
-                              "quantizing", l->name);
+                              "quantizing",
+                              l->name);
     if (rank < 1 || rank > max_rank)
         return pare_set_error("low rank: rank %d for layer %s is outside [1, %d]", rank, l->name, max_rank);
     return 0;

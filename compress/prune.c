@@ -53,11 +53,21 @@ static void mask_destroy(pare_hook *self)
     pare_free(self);
 }
 
-static pare_hook *mask_hook(pare_layer *l) { return pare_hook_find(&l->weight_hooks, PARE_PRUNE_HOOK); }
+static pare_hook *mask_hook(pare_layer *l)
+{
+    return pare_hook_find(&l->weight_hooks, PARE_PRUNE_HOOK);
+}
 
-pare_tensor *pare_prune_mask(pare_layer *l) { pare_hook *h = mask_hook(l); return h ? h->state[0] : NULL; }
+pare_tensor *pare_prune_mask(pare_layer *l)
+{
+    pare_hook *h = mask_hook(l);
+    return h ? h->state[0] : NULL;
+}
 
-static int prunable(const pare_layer *l) { return (l->kind & (PARE_LINEAR | PARE_CONV2D)) && l->weight; }
+static int prunable(const pare_layer *l)
+{
+    return (l->kind & (PARE_LINEAR | PARE_CONV2D)) && l->weight;
+}
 
 static int add_mask(pare_layer *l)
 {
@@ -213,8 +223,7 @@ static int masked_layers(pare_model *m, pare_layer **out)
     return n;
 }
 
-int pare_prune_select(pare_model *m, float sparsity, pare_prune_scope scope, pare_prune_criterion crit,
-                      uint64_t seed)
+int pare_prune_select(pare_model *m, float sparsity, pare_prune_scope scope, pare_prune_criterion crit, uint64_t seed)
 {
     if (!(sparsity >= 0.0f && sparsity < 1.0f))
         return pare_set_error("prune: sparsity %g is outside [0, 1)", (double)sparsity);

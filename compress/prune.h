@@ -46,8 +46,7 @@ typedef enum pare_prune_criterion { PARE_PRUNE_MAGNITUDE, PARE_PRUNE_RANDOM } pa
  * the smallest, so raising the sparsity only adds to the masks. sparsity in
  * [0, 1) (else -1 with pare_error()); seed is for RANDOM.
  * Then applies the masks (pare_prune_apply without an optimizer). */
-int pare_prune_select(pare_model *m, float sparsity, pare_prune_scope scope, pare_prune_criterion crit,
-                      uint64_t seed);
+int pare_prune_select(pare_model *m, float sparsity, pare_prune_scope scope, pare_prune_criterion crit, uint64_t seed);
 
 /* Pruned / total weights of the masked layers (or of every Linear and
  * Conv2d weight when none is masked: then "pruned" counts exact zeros). */
@@ -74,8 +73,8 @@ typedef struct pare_prune_schedule {
     pare_prune_scope scope;
     pare_prune_criterion criterion;
     uint64_t seed;
-    float current;          /* sparsity of the last selection (read only) */
-    int updates;            /* how many selections so far (read only) */
+    float current; /* sparsity of the last selection (read only) */
+    int updates;   /* how many selections so far (read only) */
     /* Structured: when set (NULL-terminated layer names), each update masks
      * that fraction of these layers' units (pare_prune_units, by the L1 or
      * L2 norm in `norm`) instead of selecting weights; pare_prune_shrink
@@ -87,8 +86,8 @@ typedef struct pare_prune_schedule {
 /* A schedule with scope GLOBAL, criterion MAGNITUDE; -1 with pare_error()
  * for sparsities outside [0, 1), initial > final, start < 0, end < start or
  * every < 1. */
-int pare_prune_schedule_init(pare_prune_schedule *s, pare_prune_sched_kind kind, float initial, float final,
-                             long start, long end, long every);
+int pare_prune_schedule_init(pare_prune_schedule *s, pare_prune_sched_kind kind, float initial, float final, long start,
+                             long end, long every);
 /* The target sparsity at step t (before start: initial, except one-shot and
  * constant, which are 0 before start; after end: final). */
 float pare_prune_sparsity_at(const pare_prune_schedule *s, long t);
@@ -136,9 +135,9 @@ int pare_prune_shrink(pare_model *m);
 typedef struct pare_csr {
     int rows, cols;
     int nnz;
-    int32_t *row_ptr;   /* rows + 1 */
-    uint16_t *col16;    /* column indices when cols <= 65536 */
-    int32_t *col32;     /* otherwise */
+    int32_t *row_ptr; /* rows + 1 */
+    uint16_t *col16;  /* column indices when cols <= 65536 */
+    int32_t *col32;   /* otherwise */
     float *values;
 } pare_csr;
 /* From a dense row-major matrix (exact zeros are dropped). NULL on bad sizes. */
@@ -182,7 +181,7 @@ size_t pare_csr_bytes(const pare_csr *a);
  * and there are hardly any multiply-adds to save) while conv2 (288 per
  * output) made it 29% faster: hence the minimum row length. */
 #define PARE_SPARSE_MIN_DEFAULT 0.85f
-#define PARE_SPARSE_MIN_COLS 64
+#define PARE_SPARSE_MIN_COLS    64
 int pare_prune_sparsify(pare_model *m, const char *layers, float min_sparsity);
 /* Whether l is a layer made by pare_prune_sparsify. */
 int pare_prune_is_sparse(const pare_layer *l);

@@ -3,15 +3,15 @@
  * nn or optim knows about it. */
 #include "compress/prune.h"
 
-int pare_prune_schedule_init(pare_prune_schedule *s, pare_prune_sched_kind kind, float initial, float final,
-                             long start, long end, long every)
+int pare_prune_schedule_init(pare_prune_schedule *s, pare_prune_sched_kind kind, float initial, float final, long start,
+                             long end, long every)
 {
     if (!(initial >= 0.0f && initial < 1.0f) || !(final >= 0.0f && final < 1.0f))
         return pare_set_error("prune schedule: sparsities %g and %g must be in [0, 1)", (double)initial,
-                              (double)final);
+                              (double) final);
     if (initial > final)
         return pare_set_error("prune schedule: initial sparsity %g is above the final %g", (double)initial,
-                              (double)final);
+                              (double) final);
     if (start < 0 || end < start || every < 1)
         return pare_set_error("prune schedule: steps start %ld, end %ld, every %ld are not valid (0 <= start <= end, "
                               "every >= 1)",
@@ -19,8 +19,14 @@ int pare_prune_schedule_init(pare_prune_schedule *s, pare_prune_sched_kind kind,
     if (kind != PARE_SCHED_ONESHOT && kind != PARE_SCHED_ITERATIVE && kind != PARE_SCHED_AGP &&
         kind != PARE_SCHED_CONSTANT)
         return pare_set_error("prune schedule: unknown kind %d", (int)kind);
-    *s = (pare_prune_schedule){.kind = kind, .initial = initial, .final = final, .start = start, .end = end,
-                               .every = every, .scope = PARE_PRUNE_GLOBAL, .criterion = PARE_PRUNE_MAGNITUDE};
+    *s = (pare_prune_schedule){.kind = kind,
+                               .initial = initial,
+                               .final = final,
+                               .start = start,
+                               .end = end,
+                               .every = every,
+                               .scope = PARE_PRUNE_GLOBAL,
+                               .criterion = PARE_PRUNE_MAGNITUDE};
     return 0;
 }
 
@@ -43,9 +49,12 @@ int pare_prune_is_update(const pare_prune_schedule *s, long t)
 {
     if (t < s->start) return 0;
     switch (s->kind) {
-    case PARE_SCHED_ONESHOT: return t == s->start;
-    case PARE_SCHED_CONSTANT: return (t - s->start) % s->every == 0;
-    default: return t <= s->end && ((t - s->start) % s->every == 0 || t == s->end);
+    case PARE_SCHED_ONESHOT:
+        return t == s->start;
+    case PARE_SCHED_CONSTANT:
+        return (t - s->start) % s->every == 0;
+    default:
+        return t <= s->end && ((t - s->start) % s->every == 0 || t == s->end);
     }
 }
 

@@ -15,8 +15,8 @@
 static int next_weight_layer(pare_model *m, int i, int *block)
 {
     *block = 1;
-    const pare_layer_kind pass = PARE_RELU | PARE_TANH | PARE_MAXPOOL2D | PARE_AVGPOOL2D | PARE_DROPOUT |
-                                 PARE_BATCHNORM2D;
+    const pare_layer_kind pass =
+        PARE_RELU | PARE_TANH | PARE_MAXPOOL2D | PARE_AVGPOOL2D | PARE_DROPOUT | PARE_BATCHNORM2D;
     for (int j = i + 1; j < m->n_layers; j++) {
         const pare_layer *n = m->layers[j];
         if (n->kind & (PARE_LINEAR | PARE_CONV2D)) return j;
@@ -32,7 +32,10 @@ static int next_weight_layer(pare_model *m, int i, int *block)
     return pare_set_error("prune: %s is the output layer: its units are the model's outputs", m->layers[i]->name);
 }
 
-static pare_hook *hook_of(pare_layer *l) { return pare_hook_find(&l->weight_hooks, PARE_PRUNE_HOOK); }
+static pare_hook *hook_of(pare_layer *l)
+{
+    return pare_hook_find(&l->weight_hooks, PARE_PRUNE_HOOK);
+}
 
 typedef struct unit_score {
     double norm;

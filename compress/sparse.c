@@ -30,8 +30,10 @@ pare_csr *pare_csr_from_dense(const float *w, int rows, int cols)
     a->rows = rows, a->cols = cols, a->nnz = (int)nnz;
     a->row_ptr = pare_alloc((size_t)(rows + 1) * sizeof *a->row_ptr);
     a->values = pare_alloc((nnz ? nnz : 1) * sizeof *a->values);
-    if (cols <= 65536) a->col16 = pare_alloc((nnz ? nnz : 1) * sizeof *a->col16);
-    else a->col32 = pare_alloc((nnz ? nnz : 1) * sizeof *a->col32);
+    if (cols <= 65536)
+        a->col16 = pare_alloc((nnz ? nnz : 1) * sizeof *a->col16);
+    else
+        a->col32 = pare_alloc((nnz ? nnz : 1) * sizeof *a->col32);
     int k = 0;
     for (int r = 0; r < rows; r++) {
         a->row_ptr[r] = k;
@@ -39,8 +41,10 @@ pare_csr *pare_csr_from_dense(const float *w, int rows, int cols)
         for (int c = 0; c < cols; c++) {
             if (row[c] == 0.0f) continue;
             a->values[k] = row[c];
-            if (a->col16) a->col16[k] = (uint16_t)c;
-            else a->col32[k] = c;
+            if (a->col16)
+                a->col16[k] = (uint16_t)c;
+            else
+                a->col32[k] = c;
             k++;
         }
     }
@@ -116,7 +120,10 @@ void pare_csr_linear(const pare_csr *a, const float *x, int n, const float *bias
     }
 }
 
-static inline int col_at(const pare_csr *a, int k) { return a->col16 ? a->col16[k] : a->col32[k]; }
+static inline int col_at(const pare_csr *a, int k)
+{
+    return a->col16 ? a->col16[k] : a->col32[k];
+}
 
 /* One CSR row times B: y[0:p] (+)= sum_k v_k B[c_k, 0:p]. Every non-zero is
  * a contiguous axpy over p, which vectorizes, where the row-dot kernel above
@@ -127,7 +134,8 @@ static void row_spmm(const pare_csr *a, int r, const float *B, size_t ldb, int p
     int k = a->row_ptr[r], end = a->row_ptr[r + 1];
     for (; k + 4 <= end; k += 4) {
         const float *restrict b0 = B + (size_t)col_at(a, k) * ldb, *restrict b1 = B + (size_t)col_at(a, k + 1) * ldb;
-        const float *restrict b2 = B + (size_t)col_at(a, k + 2) * ldb, *restrict b3 = B + (size_t)col_at(a, k + 3) * ldb;
+        const float *restrict b2 = B + (size_t)col_at(a, k + 2) * ldb, *restrict b3 =
+                                                                           B + (size_t)col_at(a, k + 3) * ldb;
         float v0 = a->values[k], v1 = a->values[k + 1], v2 = a->values[k + 2], v3 = a->values[k + 3];
         for (int j = 0; j < p; j++) y[j] = y[j] + v0 * b0[j] + v1 * b1[j] + v2 * b2[j] + v3 * b3[j];
     }
@@ -243,8 +251,10 @@ static int add_weight(writer *w, const char *name, const pare_tensor *t)
     void *counts = pare_alloc((size_t)rows * (c16 ? 2u : 4u));
     for (int r = 0; r < rows; r++) {
         int32_t c = a->row_ptr[r + 1] - a->row_ptr[r];
-        if (c16) ((uint16_t *)counts)[r] = (uint16_t)c;
-        else ((int32_t *)counts)[r] = c;
+        if (c16)
+            ((uint16_t *)counts)[r] = (uint16_t)c;
+        else
+            ((int32_t *)counts)[r] = c;
     }
     add_raw(w, name, ".values", PARE_ST_F32, a->nnz, a->values);
     add_raw(w, name, ".col", a->col16 ? PARE_ST_U16 : PARE_ST_I32, a->nnz,
@@ -288,8 +298,10 @@ int pare_prune_save_sparse(pare_model *m, const char *path)
         for (int k = 0; k < n && !rc; k++) {
             char name[128];
             snprintf(name, sizeof name, "%.47s.%s", l->name, keys[k]);
-            if (w->n + 3 > MAX_ENTRIES) rc = pare_set_error("sparse save: the model has too many tensors");
-            else if (ok[k]) rc = add_weight(w, name, ts[k]);
+            if (w->n + 3 > MAX_ENTRIES)
+                rc = pare_set_error("sparse save: the model has too many tensors");
+            else if (ok[k])
+                rc = add_weight(w, name, ts[k]);
             else {
                 w->t[w->n] = pare_st_f32(entry_name(w, name, ""), ts[k]);
                 w->n++;
@@ -344,7 +356,8 @@ static int read_csr(const pare_st_file *f, const char *name, pare_tensor *t, int
             uint16_t u;
             memcpy(&u, rb + 2 * (size_t)row, 2);
             count = u;
-        } else memcpy(&count, rb + 4 * (size_t)row, 4);
+        } else
+            memcpy(&count, rb + 4 * (size_t)row, 4);
         if (count < 0 || count > cols || k + count > nnz)
             return pare_set_error("%s: %s row %d claims %d non-zeros", pare_st_source(f), name, row, (int)count);
         for (int32_t j = 0; j < count; j++, k++) {
@@ -353,14 +366,17 @@ static int read_csr(const pare_st_file *f, const char *name, pare_tensor *t, int
                 uint16_t u;
                 memcpy(&u, cb + 2 * (size_t)k, 2);
                 col = u;
-            } else memcpy(&col, cb + 4 * (size_t)k, 4);
+            } else
+                memcpy(&col, cb + 4 * (size_t)k, 4);
             if (col < 0 || col >= cols)
-                return pare_set_error("%s: %s row %d has column %d of %d", pare_st_source(f), name, row, (int)col, cols);
+                return pare_set_error("%s: %s row %d has column %d of %d", pare_st_source(f), name, row, (int)col,
+                                      cols);
             memcpy(&t->data[(size_t)row * cols + col], vb + 4 * (size_t)k, 4);
         }
     }
-    if (k != nnz) return pare_set_error("%s: %s has %lld values but its rows hold %lld", pare_st_source(f), name,
-                                        (long long)nnz, (long long)k);
+    if (k != nnz)
+        return pare_set_error("%s: %s has %lld values but its rows hold %lld", pare_st_source(f), name, (long long)nnz,
+                              (long long)k);
     *used += 3;
     return 0;
 }

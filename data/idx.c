@@ -11,16 +11,16 @@
 
 #include "data/data.h"
 
-#define IDX_IMAGES_MAGIC 0x00000803u
-#define IDX_LABELS_MAGIC 0x00000801u
+#define IDX_IMAGES_MAGIC  0x00000803u
+#define IDX_LABELS_MAGIC  0x00000801u
 #define IDX_IMAGES_HEADER 16
 #define IDX_LABELS_HEADER 8
 /* No real IDX dataset comes near this, and it keeps every count within int. */
 #define IDX_MAX_BYTES ((uint64_t)INT_MAX)
-#define HINT_FETCH "run `make data` to fetch MNIST, or pass --data DIR pointing to a folder with the IDX files"
+#define HINT_FETCH    "run `make data` to fetch MNIST, or pass --data DIR pointing to a folder with the IDX files"
 
 typedef struct idx_kind {
-    const char *what;   /* "image" or "label" */
+    const char *what; /* "image" or "label" */
     uint32_t magic, other_magic;
     int ndims;
     size_t header;
@@ -40,17 +40,18 @@ static int check_magic(const idx_kind *k, const uint8_t *buf, uint64_t file_len)
 {
     if (file_len >= 2 && buf[0] == 0x1f && buf[1] == 0x8b)
         return pare_set_error("IDX %s file is gzip-compressed (starts with bytes 1f 8b): "
-                              "gunzip it first (gunzip FILE.gz), or run `make data`", k->what);
+                              "gunzip it first (gunzip FILE.gz), or run `make data`",
+                              k->what);
     if (file_len < 4)
         return pare_set_error("IDX %s file is truncated: %llu bytes, too short for the 4-byte "
-                              "magic number", k->what, (unsigned long long)file_len);
+                              "magic number",
+                              k->what, (unsigned long long)file_len);
     uint32_t magic = be32(buf);
     if (magic == k->magic) return 0;
     if (magic == k->other_magic)
         return pare_set_error("expected an IDX %s file (magic 0x%08x) but this is an IDX %s file "
                               "(magic 0x%08x): are the image and label paths swapped?",
-                              k->what, (unsigned)k->magic, k == &IMAGES ? "label" : "image",
-                              (unsigned)magic);
+                              k->what, (unsigned)k->magic, k == &IMAGES ? "label" : "image", (unsigned)magic);
     return pare_set_error("wrong magic number 0x%08x in IDX %s file, expected 0x%08x (unsigned "
                           "bytes, %d dims): this is not an uncompressed MNIST-style IDX %s file",
                           (unsigned)magic, k->what, (unsigned)k->magic, k->ndims, k->what);
@@ -58,39 +59,38 @@ static int check_magic(const idx_kind *k, const uint8_t *buf, uint64_t file_len)
 
 /* Validates magic, dims and exact length. Only the header is read from buf
  * (avail bytes of it are present); file_len is the size of the whole file. */
-static int parse_header(const idx_kind *k, const uint8_t *buf, size_t avail, uint64_t file_len,
-                        uint32_t dims[3])
+static int parse_header(const idx_kind *k, const uint8_t *buf, size_t avail, uint64_t file_len, uint32_t dims[3])
 {
     if (check_magic(k, buf, avail < file_len ? avail : file_len) != 0) return -1;
     if (file_len < k->header || avail < k->header)
         return pare_set_error("IDX %s file is truncated: its header needs %zu bytes, the file has "
-                              "%llu; re-fetch it (make data)", k->what, k->header,
-                              (unsigned long long)file_len);
+                              "%llu; re-fetch it (make data)",
+                              k->what, k->header, (unsigned long long)file_len);
     uint64_t total = 1;
     for (int i = 0; i < k->ndims; i++) dims[i] = be32(buf + 4 + 4 * i);
     for (int i = 0; i < k->ndims; i++) {
         if (dims[i] == 0)
             return pare_set_error("IDX %s file has %s equal to 0: an empty or corrupt file; "
-                                  "re-fetch it (make data)", k->what, DIM_NAMES[i]);
+                                  "re-fetch it (make data)",
+                                  k->what, DIM_NAMES[i]);
         total *= dims[i]; /* total <= 2^31 before, dims < 2^32: no overflow */
         if (total > IDX_MAX_BYTES) {
             char shape[64];
             if (k->ndims == 3)
-                snprintf(shape, sizeof shape, "%u x %u x %u", (unsigned)dims[0],
-                         (unsigned)dims[1], (unsigned)dims[2]);
+                snprintf(shape, sizeof shape, "%u x %u x %u", (unsigned)dims[0], (unsigned)dims[1], (unsigned)dims[2]);
             else
                 snprintf(shape, sizeof shape, "%u", (unsigned)dims[0]);
             return pare_set_error("IDX %s file has absurd dimensions %s (more than %llu bytes): "
-                                  "the header is corrupt; re-fetch it (make data)", k->what,
-                                  shape, (unsigned long long)IDX_MAX_BYTES);
+                                  "the header is corrupt; re-fetch it (make data)",
+                                  k->what, shape, (unsigned long long)IDX_MAX_BYTES);
         }
     }
     uint64_t expected = k->header + total;
     if (file_len < expected)
         return pare_set_error("IDX %s file is truncated: expected %llu bytes (%zu-byte header + "
                               "%llu data bytes), got %llu; re-fetch it (make data)",
-                              k->what, (unsigned long long)expected, k->header,
-                              (unsigned long long)total, (unsigned long long)file_len);
+                              k->what, (unsigned long long)expected, k->header, (unsigned long long)total,
+                              (unsigned long long)file_len);
     if (file_len > expected)
         return pare_set_error("IDX %s file is %llu bytes but its header describes %llu "
                               "(%llu trailing bytes): a corrupt or concatenated file; re-fetch it",
@@ -99,8 +99,7 @@ static int parse_header(const idx_kind *k, const uint8_t *buf, size_t avail, uin
     return 0;
 }
 
-int pare_idx_parse_images(const uint8_t *buf, size_t len, int *n, int *rows, int *cols,
-                          const uint8_t **pixels)
+int pare_idx_parse_images(const uint8_t *buf, size_t len, int *n, int *rows, int *cols, const uint8_t **pixels)
 {
     uint32_t d[3];
     if (!buf && len) return pare_set_error("pare_idx_parse_images: NULL buffer");
@@ -138,8 +137,7 @@ static int open_error(const char *path, int err)
     FILE *f;
     if (snprintf(gz, sizeof gz, "%s.gz", path) < (int)sizeof gz && (f = fopen(gz, "rb"))) {
         fclose(f);
-        return pare_set_error("cannot open %s, but %s exists: gunzip it first (gunzip %s)", path,
-                              gz, gz);
+        return pare_set_error("cannot open %s, but %s exists: gunzip it first (gunzip %s)", path, gz, gz);
     }
     return pare_set_error("cannot open %s: %s; %s", path, strerror(err), HINT_FETCH);
 }
@@ -149,8 +147,7 @@ static int file_size(FILE *f, const char *path, uint64_t *size)
 {
     long end;
     if (fseek(f, 0, SEEK_END) != 0 || (end = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0)
-        return pare_set_error("%s: cannot determine the file size (%s); pass a regular file",
-                              path, strerror(errno));
+        return pare_set_error("%s: cannot determine the file size (%s); pass a regular file", path, strerror(errno));
     *size = (uint64_t)end;
     return 0;
 }
@@ -164,7 +161,8 @@ static int read_exact(FILE *f, const char *path, uint8_t *dst, size_t bytes)
         return pare_set_error("%s: read error after %zu of %zu bytes (%s)", path, got, bytes,
                               errno ? strerror(errno) : "I/O error");
     return pare_set_error("%s: file shrank while reading (%zu of %zu bytes); is another program "
-                          "writing it?", path, got, bytes);
+                          "writing it?",
+                          path, got, bytes);
 }
 
 /* Reads the data part of an IDX file (after its header) into a counted
@@ -218,8 +216,7 @@ pare_dataset *pare_dataset_load(const char *images_path, const char *labels_path
         return NULL;
     }
     if (n_classes < 1 || n_classes > 256) {
-        pare_set_error("pare_dataset_load: n_classes = %d, must be in [1, 256] for byte labels",
-                       n_classes);
+        pare_set_error("pare_dataset_load: n_classes = %d, must be in [1, 256] for byte labels", n_classes);
         return NULL;
     }
     uint32_t di[3] = {0}, dl[3] = {0};

@@ -27,11 +27,10 @@ pare_loader_config pare_loader_defaults(void)
 
 static int check_config(const pare_loader_config *c)
 {
-    if (c->batch < 1)
-        return pare_set_error("batch size %d: it must be at least 1", c->batch);
+    if (c->batch < 1) return pare_set_error("batch size %d: it must be at least 1", c->batch);
     if (!isfinite(c->mean) || !isfinite(c->std) || c->std == 0.0f)
-        return pare_set_error("normalization mean %g, std %g: both must be finite and std nonzero",
-                              (double)c->mean, (double)c->std);
+        return pare_set_error("normalization mean %g, std %g: both must be finite and std nonzero", (double)c->mean,
+                              (double)c->std);
     return 0;
 }
 
@@ -40,7 +39,8 @@ static int check_indices(const pare_dataset *ds, const int *indices, int n)
     for (int i = 0; i < n; i++)
         if (indices[i] < 0 || indices[i] >= ds->n)
             return pare_set_error("loader index %d at position %d is outside the dataset of %d "
-                                  "samples", indices[i], i, ds->n);
+                                  "samples",
+                                  indices[i], i, ds->n);
     return 0;
 }
 
@@ -51,8 +51,7 @@ static void fill_lut(float *lut, float mean, float std)
     for (int p = 0; p < 256; p++) lut[p] = ((float)p / 255.0f - mean) / std;
 }
 
-pare_loader *pare_loader_new(const pare_dataset *ds, const int *indices, int n,
-                             const pare_loader_config *cfg)
+pare_loader *pare_loader_new(const pare_dataset *ds, const int *indices, int n, const pare_loader_config *cfg)
 {
     pare_loader_config c = cfg ? *cfg : pare_loader_defaults();
     if (!ds) {
@@ -92,8 +91,7 @@ void pare_loader_start_epoch(pare_loader *ld, int epoch)
     if (!ld->cfg.shuffle) return;
     /* Seeded from (seed, epoch) alone: any epoch can be replayed on its own. */
     pare_rng r;
-    pare_rng_seed(&r, ld->cfg.seed ^ ((uint64_t)(unsigned)epoch + 1) * EPOCH_MIX,
-                  PARE_STREAM_SHUFFLE);
+    pare_rng_seed(&r, ld->cfg.seed ^ ((uint64_t)(unsigned)epoch + 1) * EPOCH_MIX, PARE_STREAM_SHUFFLE);
     pare_rng_shuffle(&r, ld->order, ld->n);
 }
 
@@ -103,8 +101,8 @@ int pare_loader_next(pare_loader *ld, pare_arena *arena, pare_batch *out)
     const pare_dataset *ds = ld->ds;
     int b = ld->n - ld->pos < ld->cfg.batch ? ld->n - ld->pos : ld->cfg.batch;
     size_t pix = (size_t)ds->rows * (size_t)ds->cols;
-    out->x = ld->cfg.flat ? pare_tensor_2d(arena, b, ds->rows * ds->cols)
-                          : pare_tensor_4d(arena, b, 1, ds->rows, ds->cols);
+    out->x =
+        ld->cfg.flat ? pare_tensor_2d(arena, b, ds->rows * ds->cols) : pare_tensor_4d(arena, b, 1, ds->rows, ds->cols);
     out->labels = pare_arena_alloc(arena, (size_t)b * sizeof(int));
     PARE_CHECK(out->labels, "arena full allocating %d labels", b);
     out->n = b;
@@ -119,17 +117,23 @@ int pare_loader_next(pare_loader *ld, pare_arena *arena, pare_batch *out)
     return 1;
 }
 
-int pare_loader_batches(const pare_loader *ld) { return (ld->n + ld->cfg.batch - 1) / ld->cfg.batch; }
+int pare_loader_batches(const pare_loader *ld)
+{
+    return (ld->n + ld->cfg.batch - 1) / ld->cfg.batch;
+}
 
-int pare_loader_size(const pare_loader *ld) { return ld->n; }
+int pare_loader_size(const pare_loader *ld)
+{
+    return ld->n;
+}
 
-int pare_split_indices(int n, int n_val, uint64_t seed, int **train_idx, int *n_train,
-                       int **val_idx)
+int pare_split_indices(int n, int n_val, uint64_t seed, int **train_idx, int *n_train, int **val_idx)
 {
     if (n < 1) return pare_set_error("cannot split an empty dataset (%d samples)", n);
     if (n_val < 0 || n_val >= n)
         return pare_set_error("validation split of %d samples: it must be in [0, %d) for a "
-                              "training set of %d samples; choose a smaller --val", n_val, n, n);
+                              "training set of %d samples; choose a smaller --val",
+                              n_val, n, n);
     *n_train = n - n_val;
     *train_idx = pare_alloc((size_t)(n - n_val) * sizeof(int));
     *val_idx = n_val ? pare_alloc((size_t)n_val * sizeof(int)) : NULL;

@@ -110,7 +110,10 @@ static void jput(cli_json *j, const char *fmt, ...)
     if (n > 0) j->len = j->len + (size_t)n < sizeof j->buf ? j->len + (size_t)n : sizeof j->buf - 1;
 }
 
-static void jkey(cli_json *j, const char *key) { jput(j, "%s\"%s\":", j->len > 1 ? "," : "", key); }
+static void jkey(cli_json *j, const char *key)
+{
+    jput(j, "%s\"%s\":", j->len > 1 ? "," : "", key);
+}
 
 void cli_json_begin(cli_json *j, const char *cmd)
 {
@@ -125,9 +128,12 @@ void cli_json_str(cli_json *j, const char *key, const char *value)
     jkey(j, key);
     jput(j, "\"");
     for (const char *p = value; *p; p++) {
-        if (*p == '"' || *p == '\\') jput(j, "\\%c", *p);
-        else if ((unsigned char)*p < 0x20) jput(j, "\\u%04x", (unsigned char)*p);
-        else jput(j, "%c", *p);
+        if (*p == '"' || *p == '\\')
+            jput(j, "\\%c", *p);
+        else if ((unsigned char)*p < 0x20)
+            jput(j, "\\u%04x", (unsigned char)*p);
+        else
+            jput(j, "%c", *p);
     }
     jput(j, "\"");
 }
@@ -135,8 +141,10 @@ void cli_json_str(cli_json *j, const char *key, const char *value)
 void cli_json_num(cli_json *j, const char *key, double value)
 {
     jkey(j, key);
-    if (isfinite(value)) jput(j, "%.6g", value);
-    else jput(j, "null");
+    if (isfinite(value))
+        jput(j, "%.6g", value);
+    else
+        jput(j, "null");
 }
 
 void cli_json_int(cli_json *j, const char *key, long long value)

@@ -12,7 +12,7 @@ typedef enum cli_type { CLI_INT, CLI_U64, CLI_FLOAT, CLI_STR, CLI_FLAG } cli_typ
 typedef struct cli_opt {
     const char *name; /* "--epochs" */
     cli_type type;
-    void *dst;        /* int*, uint64_t*, float*, const char**, int* */
+    void *dst; /* int*, uint64_t*, float*, const char**, int* */
     const char *help;
 } cli_opt;
 

@@ -32,8 +32,8 @@ static int after_epoch(void *user, pare_model *m, const pare_epoch_stats *s)
     r->test_acc[e] = pare_evaluate(r->ctx, m, r->test, NULL);
     char val[32] = "";
     if (r->val) snprintf(val, sizeof val, ", val %.2f%%", 100 * r->val_acc[e]);
-    fprintf(stderr, "epoch %d: loss %.4f, train %.2f%%%s, test %.2f%%, %.1f s\n", e + 1, s->loss, 100 * s->accuracy, val,
-            100 * r->test_acc[e], s->seconds);
+    fprintf(stderr, "epoch %d: loss %.4f, train %.2f%%%s, test %.2f%%, %.1f s\n", e + 1, s->loss, 100 * s->accuracy,
+            val, 100 * r->test_acc[e], s->seconds);
     return 0;
 }
 
@@ -43,13 +43,15 @@ static void check_args(const distill_args *a, const char *usage, const cli_opt *
     if (a->epochs < 0 || a->epochs > 64) cli_usage_error(usage, opts, n, "--epochs must be in [0, 64]");
     if (a->batch <= 0 || a->val < 0 || a->threads < 0)
         cli_usage_error(usage, opts, n, "--batch must be positive, --val and --threads >= 0");
-    if (!(a->temperature > 0)) cli_usage_error(usage, opts, n, "--temperature must be > 0 (got %g)", (double)a->temperature);
-    if (!(a->alpha >= 0 && a->alpha <= 1)) cli_usage_error(usage, opts, n, "--alpha must be in [0, 1] (got %g)", (double)a->alpha);
+    if (!(a->temperature > 0))
+        cli_usage_error(usage, opts, n, "--temperature must be > 0 (got %g)", (double)a->temperature);
+    if (!(a->alpha >= 0 && a->alpha <= 1))
+        cli_usage_error(usage, opts, n, "--alpha must be in [0, 1] (got %g)", (double)a->alpha);
     if (!(a->lr > 0)) cli_usage_error(usage, opts, n, "--lr must be > 0");
 }
 
-static void print_table(const distill_args *a, const distill_report *r, pare_model *s, pare_model *t, double teacher_acc,
-                        int threads, double total)
+static void print_table(const distill_args *a, const distill_report *r, pare_model *s, pare_model *t,
+                        double teacher_acc, int threads, double total)
 {
     printf("\n%s from teacher %s (%s), T %g, alpha %g, SGD lr %g momentum %g, batch %d, seed %llu, %d threads\n",
            a->student, a->teacher, t->arch, (double)a->temperature, (double)a->alpha, (double)a->lr,

@@ -13,7 +13,7 @@
  * 98.80%; lr 0.01: 98.36 / 98.54%). lr 0.01 after SVD costs accuracy, as
  * PyTorch found (REFERENCE.md). */
 #define DEFAULT_FINETUNE_LR 3e-3f
-#define MAX_LAYERS 8
+#define MAX_LAYERS          8
 
 typedef struct lowrank_args {
     const char *model, *arch, *layers, *data, *out;
@@ -38,7 +38,8 @@ typedef struct measure {
 static void check_args(const lowrank_args *a, const char *usage, const cli_opt *opts, int n)
 {
     if (!a->model || !a->layers) cli_usage_error(usage, opts, n, "--model and --layers are required");
-    if ((a->rank > 0) == (a->energy > 0)) cli_usage_error(usage, opts, n, "give exactly one of --rank R and --energy E");
+    if ((a->rank > 0) == (a->energy > 0))
+        cli_usage_error(usage, opts, n, "give exactly one of --rank R and --energy E");
     if (a->rank < 0) cli_usage_error(usage, opts, n, "--rank must be >= 1");
     if (a->energy > 1) cli_usage_error(usage, opts, n, "--energy must be in (0, 1] (got %g)", (double)a->energy);
     if (a->epochs < 0 || a->epochs > 64) cli_usage_error(usage, opts, n, "--epochs must be in [0, 64]");
@@ -58,7 +59,8 @@ static void split_layers(plan *p, const char *list, const char *usage, const cli
         memcpy(p->names[p->n], s, len);
         p->names[p->n][len] = '\0';
         for (int i = 0; i < p->n; i++)
-            if (!strcmp(p->names[i], p->names[p->n])) cli_usage_error(usage, opts, n, "--layers lists %s twice", p->names[i]);
+            if (!strcmp(p->names[i], p->names[p->n]))
+                cli_usage_error(usage, opts, n, "--layers lists %s twice", p->names[i]);
         p->n++;
         s += len + (s[len] == ',');
     }
@@ -72,7 +74,10 @@ static int saving_rank(const pare_layer *l)
     return (int)((rows * cols - 1) / (rows + cols));
 }
 
-static size_t layer_params(pare_layer *l) { return l->weight->size + (l->bias ? l->bias->size : 0); }
+static size_t layer_params(pare_layer *l)
+{
+    return l->weight->size + (l->bias ? l->bias->size : 0);
+}
 
 /* Picks every rank and refuses, before touching the model, a layer that is
  * not there or a rank that saves no parameters. */

@@ -41,8 +41,9 @@ static void check_args(const prune_args *a, const char *usage, const cli_opt *op
     if (strcmp(a->criterion, "magnitude") && strcmp(a->criterion, "random"))
         cli_usage_error(usage, opts, n, "--criterion must be magnitude or random (got '%s')", a->criterion);
     if (!strcmp(a->method, "structured") && strcmp(a->criterion, "magnitude"))
-        cli_usage_error(usage, opts, n, "structured pruning ranks units by their norm (--norm); --criterion is for "
-                                        "unstructured");
+        cli_usage_error(usage, opts, n,
+                        "structured pruning ranks units by their norm (--norm); --criterion is for "
+                        "unstructured");
     if (strcmp(a->scope, "global") && strcmp(a->scope, "layer"))
         cli_usage_error(usage, opts, n, "--scope must be global or layer (got '%s')", a->scope);
     if (strcmp(a->schedule, "oneshot") && strcmp(a->schedule, "iterative") && strcmp(a->schedule, "agp") &&
@@ -72,7 +73,8 @@ static void pick_layers(layer_list *L, pare_model *m, const prune_args *a, const
     if (a->layers) {
         for (const char *s = a->layers; *s;) {
             size_t len = strcspn(s, ",");
-            if (len == 0 || len >= PARE_NAME_MAX) cli_usage_error(usage, opts, n, "--layers: bad name in '%s'", a->layers);
+            if (len == 0 || len >= PARE_NAME_MAX)
+                cli_usage_error(usage, opts, n, "--layers: bad name in '%s'", a->layers);
             if (L->n == MAX_LAYERS) cli_usage_error(usage, opts, n, "--layers: at most %d layers", MAX_LAYERS);
             memcpy(L->names[L->n], s, len);
             L->names[L->n][len] = '\0';
@@ -145,8 +147,8 @@ static void fine_tune(pare_ctx *ctx, pare_model *m, pare_optim *o, pare_loader *
 
 /* Unstructured: masks on the chosen layers, the schedule stepped from the
  * training loop. */
-static void run_unstructured(pare_ctx *ctx, pare_model *m, const prune_args *a, const layer_list *L,
-                             pare_loader *train, pare_loader *test, pare_loader *val, measure *pruned_now)
+static void run_unstructured(pare_ctx *ctx, pare_model *m, const prune_args *a, const layer_list *L, pare_loader *train,
+                             pare_loader *test, pare_loader *val, measure *pruned_now)
 {
     if (pare_prune_attach(m, L->ptrs)) cli_die("prune");
     long spe = pare_loader_batches(train), ramp = (long)a->ramp_epochs * spe;
@@ -156,7 +158,8 @@ static void run_unstructured(pare_ctx *ctx, pare_model *m, const prune_args *a, 
                                                                      : PARE_SCHED_ONESHOT;
     int gradual = kind == PARE_SCHED_AGP || kind == PARE_SCHED_ITERATIVE;
     pare_prune_schedule s;
-    if (pare_prune_schedule_init(&s, kind, 0.0f, a->sparsity, 0, gradual ? ramp : 0, a->prune_every)) cli_die("schedule");
+    if (pare_prune_schedule_init(&s, kind, 0.0f, a->sparsity, 0, gradual ? ramp : 0, a->prune_every))
+        cli_die("schedule");
     s.scope = !strcmp(a->scope, "layer") ? PARE_PRUNE_LAYER : PARE_PRUNE_GLOBAL;
     s.criterion = !strcmp(a->criterion, "random") ? PARE_PRUNE_RANDOM : PARE_PRUNE_MAGNITUDE;
     s.seed = a->seed;
@@ -189,10 +192,11 @@ static void ramp_units(pare_ctx *ctx, pare_model *m, const prune_args *a, const 
 
 /* Structured: mask the weakest units (at once, or gradually while
  * training), cut them out, fine-tune the smaller model. */
-static void run_structured(pare_ctx *ctx, pare_model *m, const prune_args *a, const layer_list *L,
-                           pare_loader *train, pare_loader *test, pare_loader *val, measure *pruned_now)
+static void run_structured(pare_ctx *ctx, pare_model *m, const prune_args *a, const layer_list *L, pare_loader *train,
+                           pare_loader *test, pare_loader *val, measure *pruned_now)
 {
-    if (strcmp(a->schedule, "oneshot")) ramp_units(ctx, m, a, L, train);
+    if (strcmp(a->schedule, "oneshot"))
+        ramp_units(ctx, m, a, L, train);
     else
         for (int i = 0; i < L->n; i++)
             if (pare_prune_units(m, L->names[i], a->sparsity, a->norm)) cli_die("prune");
@@ -252,8 +256,9 @@ static void print_json(const prune_args *a, const measure *base, const measure *
 
 int mnist_prune(int argc, char **argv)
 {
-    prune_args a = {NULL, NULL, "unstructured", "global", "oneshot", NULL, "data/mnist", NULL, NULL, "magnitude",
-                    -1.0f, 0.01f, 0.9f, 2, 100, 1, 64, 0, 0, 0, 1, 0};
+    prune_args a = {NULL,  NULL,  "unstructured", "global", "oneshot", NULL, "data/mnist", NULL, NULL, "magnitude",
+                    -1.0f, 0.01f, 0.9f,           2,        100,       1,    64,           0,    0,    0,
+                    1,     0};
     cli_opt opts[] = {
         {"--model", CLI_STR, &a.model, "the model to prune (safetensors)"},
         {"--arch", CLI_STR, &a.arch, "architecture, for a file without pare metadata"},
@@ -309,8 +314,8 @@ int mnist_prune(int argc, char **argv)
     measure_acc(ctx, base, test_ld, val_ld, &mb);
     mb.size_bytes = cli_file_size(a.model);
     now.size_bytes = after.size_bytes = -1;
-    fprintf(stderr, "pruning %s (%s, %.0f%%) on %d images, %d threads\n", a.model, a.method, 100 * a.sparsity,
-            n_train, threads);
+    fprintf(stderr, "pruning %s (%s, %.0f%%) on %d images, %d threads\n", a.model, a.method, 100 * a.sparsity, n_train,
+            threads);
     if (!strcmp(a.method, "structured"))
         run_structured(ctx, m, &a, &L, train_ld, test_ld, val_ld, &now);
     else

@@ -37,7 +37,9 @@ static int after_epoch(void *user, pare_model *m, const pare_epoch_stats *s)
 
 static pare_optim *make_optimizer(pare_model *m, const train_args *a)
 {
-    pare_optim_kind kind = !strcmp(a->optim, "adam") ? PARE_OPT_ADAM : !strcmp(a->optim, "adamw") ? PARE_OPT_ADAMW : PARE_OPT_SGD;
+    pare_optim_kind kind = !strcmp(a->optim, "adam")    ? PARE_OPT_ADAM
+                           : !strcmp(a->optim, "adamw") ? PARE_OPT_ADAMW
+                                                        : PARE_OPT_SGD;
     pare_optim_config oc = pare_optim_defaults(kind, a->lr);
     if (kind == PARE_OPT_SGD) {
         oc.momentum = a->momentum;
@@ -141,8 +143,14 @@ int mnist_train(int argc, char **argv)
     pare_ctx *ctx = pare_ctx_new(0);
     ctx->seed = a.seed;
     epoch_report report = {ctx, l.test, l.val, 0, {0}, {0}, {0}, {0}, {0}, {0}};
-    pare_lr_schedule sched = {!strcmp(a.schedule, "step") ? PARE_LR_STEP : !strcmp(a.schedule, "cosine") ? PARE_LR_COSINE : PARE_LR_CONSTANT,
-                              a.lr, 1, 0.5f, a.epochs, 0.0f};
+    pare_lr_schedule sched = {!strcmp(a.schedule, "step")     ? PARE_LR_STEP
+                              : !strcmp(a.schedule, "cosine") ? PARE_LR_COSINE
+                                                              : PARE_LR_CONSTANT,
+                              a.lr,
+                              1,
+                              0.5f,
+                              a.epochs,
+                              0.0f};
     pare_fit_config fc = pare_fit_defaults(a.epochs);
     fc.schedule = &sched;
     fc.clip = a.clip;

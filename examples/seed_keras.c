@@ -25,11 +25,10 @@ int main(int argc, char **argv)
     cli_threads(threads);
 
     /* model = Sequential([...]): Keras fuses activation into Conv2D/Dense; pare lists it. */
-    pare_model *model = pare_sequential("kerascnn",
-        pare_conv2d("conv1", 1, 32, 3), pare_relu(), pare_maxpool2d(2),
-        pare_conv2d("conv2", 32, 64, 3), pare_relu(), pare_maxpool2d(2),
-        pare_flatten(), pare_linear("fc1", 64 * 5 * 5, 128), pare_relu(),
-        pare_linear("fc2", 128, 10), pare_softmax(), NULL);
+    pare_model *model = pare_sequential("kerascnn", pare_conv2d("conv1", 1, 32, 3), pare_relu(), pare_maxpool2d(2),
+                                        pare_conv2d("conv2", 32, 64, 3), pare_relu(), pare_maxpool2d(2), pare_flatten(),
+                                        pare_linear("fc1", 64 * 5 * 5, 128), pare_relu(), pare_linear("fc2", 128, 10),
+                                        pare_softmax(), NULL);
     if (pare_build(model, 1, 28, 28) != 0) cli_die("model"); /* input_shape=(28, 28, 1) */
 
     /* model.compile(optimizer='adam', loss='sparse_categorical_crossentropy'):

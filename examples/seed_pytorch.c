@@ -21,11 +21,10 @@
  *         x = x.view(-1, 64 * 6 * 6)   -- then fc1, relu, fc2, log_softmax */
 static pare_model *simple_model(int fc1_inputs)
 {
-    return pare_sequential("seedcnn",
-        pare_conv2d("conv1", 1, 32, 3), pare_relu(), pare_maxpool2d(2),
-        pare_conv2d("conv2", 32, 64, 3), pare_relu(), pare_maxpool2d(2),
-        pare_flatten(), pare_linear("fc1", fc1_inputs, 128), pare_relu(),
-        pare_linear("fc2", 128, 10), pare_log_softmax(), NULL);
+    return pare_sequential("seedcnn", pare_conv2d("conv1", 1, 32, 3), pare_relu(), pare_maxpool2d(2),
+                           pare_conv2d("conv2", 32, 64, 3), pare_relu(), pare_maxpool2d(2), pare_flatten(),
+                           pare_linear("fc1", fc1_inputs, 128), pare_relu(), pare_linear("fc2", 128, 10),
+                           pare_log_softmax(), NULL);
 }
 
 int main(int argc, char **argv)
@@ -70,7 +69,7 @@ int main(int argc, char **argv)
                 pare_arena_release(ctx, mark);
                 break;
             }
-            pare_tensor *output = pare_forward(ctx, model, batch.x);     /* output = model(x) */
+            pare_tensor *output = pare_forward(ctx, model, batch.x);      /* output = model(x) */
             pare_tensor *loss = pare_nll_loss(ctx, output, batch.labels); /* F.nll_loss(output, y) */
             pare_backward(ctx, loss);                                     /* loss.backward() */
             pare_step(optimizer);                                         /* optimizer.step(); zero_grad() */

@@ -15,8 +15,8 @@ static int need_image(const pare_layer *l, int in_ndim, const int *in_shape)
 {
     if (in_ndim == 3) return 0;
     char s[64];
-    return pare_set_error("layer %s (%s): expected an input of shape [C, H, W], received %s",
-                          label(l), l->type->type_name, pare_shape_str(in_ndim, in_shape, s, sizeof s));
+    return pare_set_error("layer %s (%s): expected an input of shape [C, H, W], received %s", label(l),
+                          l->type->type_name, pare_shape_str(in_ndim, in_shape, s, sizeof s));
 }
 
 static int same_shape(pare_layer *l, int in_ndim, const int *in_shape, int *out_ndim, int *out_shape)
@@ -75,8 +75,8 @@ static int linear_infer(pare_layer *l, int in_ndim, const int *in_shape, int *ou
                               "(add a Flatten before it)",
                               label(l), l->in_features, pare_shape_str(in_ndim, in_shape, s, sizeof s));
     if (in_shape[0] != l->in_features)
-        return pare_set_error("layer %s (Linear): expected %d input features (in_features), received %d",
-                              label(l), l->in_features, in_shape[0]);
+        return pare_set_error("layer %s (Linear): expected %d input features (in_features), received %d", label(l),
+                              l->in_features, in_shape[0]);
     *out_ndim = 1;
     out_shape[0] = l->out_features;
     return 0;
@@ -88,7 +88,10 @@ static pare_tensor *linear_forward(pare_ctx *ctx, pare_model *m, pare_layer *l, 
     return pare_f_linear(ctx, x, pare_layer_weight(ctx, l), l->bias);
 }
 
-static double linear_flops(const pare_layer *l) { return 2.0 * l->in_features * l->out_features; }
+static double linear_flops(const pare_layer *l)
+{
+    return 2.0 * l->in_features * l->out_features;
+}
 
 static void linear_init(pare_layer *l, pare_rng *rng)
 {
@@ -96,21 +99,21 @@ static void linear_init(pare_layer *l, pare_rng *rng)
     weight_and_bias(l, 2, shape, l->in_features, rng);
 }
 
-static const pare_layer_type linear_type = {PARE_LINEAR, "Linear", linear_infer, linear_forward, linear_flops,
-                                            linear_init};
+static const pare_layer_type linear_type = {PARE_LINEAR,    "Linear",     linear_infer,
+                                            linear_forward, linear_flops, linear_init};
 
 /* ---- Conv2d ---------------------------------------------------------------- */
 static int conv_infer(pare_layer *l, int in_ndim, const int *in_shape, int *out_ndim, int *out_shape)
 {
     if (need_image(l, in_ndim, in_shape)) return -1;
     if (in_shape[0] != l->in_features)
-        return pare_set_error("layer %s (Conv2d): expected %d input channels (in_channels), received %d",
-                              label(l), l->in_features, in_shape[0]);
+        return pare_set_error("layer %s (Conv2d): expected %d input channels (in_channels), received %d", label(l),
+                              l->in_features, in_shape[0]);
     int oh = pare_conv_out(in_shape[1], l->kernel, l->stride, l->pad);
     int ow = pare_conv_out(in_shape[2], l->kernel, l->stride, l->pad);
     if (oh <= 0 || ow <= 0)
-        return pare_set_error("layer %s (Conv2d): a %dx%d kernel (padding %d) does not fit a %dx%d input",
-                              label(l), l->kernel, l->kernel, l->pad, in_shape[1], in_shape[2]);
+        return pare_set_error("layer %s (Conv2d): a %dx%d kernel (padding %d) does not fit a %dx%d input", label(l),
+                              l->kernel, l->kernel, l->pad, in_shape[1], in_shape[2]);
     *out_ndim = 3;
     out_shape[0] = l->out_features;
     out_shape[1] = oh;
@@ -144,8 +147,8 @@ static int pool_infer(pare_layer *l, int in_ndim, const int *in_shape, int *out_
     int oh = pare_conv_out(in_shape[1], l->kernel, l->stride, 0);
     int ow = pare_conv_out(in_shape[2], l->kernel, l->stride, 0);
     if (oh <= 0 || ow <= 0)
-        return pare_set_error("layer %s: a %dx%d window does not fit a %dx%d input", label(l), l->kernel,
-                              l->kernel, in_shape[1], in_shape[2]);
+        return pare_set_error("layer %s: a %dx%d window does not fit a %dx%d input", label(l), l->kernel, l->kernel,
+                              in_shape[1], in_shape[2]);
     *out_ndim = 3;
     out_shape[0] = in_shape[0];
     out_shape[1] = oh;
@@ -165,18 +168,18 @@ static pare_tensor *avgpool_forward(pare_ctx *ctx, pare_model *m, pare_layer *l,
     return pare_f_avgpool2d(ctx, x, l->kernel, l->stride);
 }
 
-static const pare_layer_type maxpool_type = {PARE_MAXPOOL2D, "MaxPool2d", pool_infer, maxpool_forward, no_flops,
-                                             no_params};
-static const pare_layer_type avgpool_type = {PARE_AVGPOOL2D, "AvgPool2d", pool_infer, avgpool_forward, no_flops,
-                                             no_params};
+static const pare_layer_type maxpool_type = {PARE_MAXPOOL2D,  "MaxPool2d", pool_infer,
+                                             maxpool_forward, no_flops,    no_params};
+static const pare_layer_type avgpool_type = {PARE_AVGPOOL2D,  "AvgPool2d", pool_infer,
+                                             avgpool_forward, no_flops,    no_params};
 
 /* ---- activations, dropout ----------------------------------------------------- */
-#define ACTIVATION(fn, op)                                                                     \
-    static pare_tensor *fn(pare_ctx *ctx, pare_model *m, pare_layer *l, pare_tensor *x)        \
-    {                                                                                          \
-        (void)m;                                                                               \
-        (void)l;                                                                               \
-        return op(ctx, x);                                                                     \
+#define ACTIVATION(fn, op)                                                                                             \
+    static pare_tensor *fn(pare_ctx *ctx, pare_model *m, pare_layer *l, pare_tensor *x)                                \
+    {                                                                                                                  \
+        (void)m;                                                                                                       \
+        (void)l;                                                                                                       \
+        return op(ctx, x);                                                                                             \
     }
 ACTIVATION(relu_forward, pare_f_relu)
 ACTIVATION(sigmoid_forward, pare_f_sigmoid)
@@ -186,8 +189,7 @@ ACTIVATION(softmax_forward, pare_f_softmax)
 ACTIVATION(log_softmax_forward, pare_f_log_softmax)
 
 static const pare_layer_type relu_type = {PARE_RELU, "ReLU", same_shape, relu_forward, no_flops, no_params};
-static const pare_layer_type sigmoid_type = {PARE_SIGMOID, "Sigmoid", same_shape, sigmoid_forward, no_flops,
-                                             no_params};
+static const pare_layer_type sigmoid_type = {PARE_SIGMOID, "Sigmoid", same_shape, sigmoid_forward, no_flops, no_params};
 static const pare_layer_type tanh_type = {PARE_TANH, "Tanh", same_shape, tanh_forward, no_flops, no_params};
 
 static pare_tensor *dropout_forward(pare_ctx *ctx, pare_model *m, pare_layer *l, pare_tensor *x)
@@ -195,8 +197,7 @@ static pare_tensor *dropout_forward(pare_ctx *ctx, pare_model *m, pare_layer *l,
     (void)m;
     return pare_f_dropout(ctx, x, l->p);
 }
-static const pare_layer_type dropout_type = {PARE_DROPOUT, "Dropout", same_shape, dropout_forward, no_flops,
-                                             no_params};
+static const pare_layer_type dropout_type = {PARE_DROPOUT, "Dropout", same_shape, dropout_forward, no_flops, no_params};
 
 static int flatten_infer(pare_layer *l, int in_ndim, const int *in_shape, int *out_ndim, int *out_shape)
 {
@@ -205,37 +206,37 @@ static int flatten_infer(pare_layer *l, int in_ndim, const int *in_shape, int *o
     out_shape[0] = (int)pare_shape_size(in_ndim, in_shape);
     return 0;
 }
-static const pare_layer_type flatten_type = {PARE_FLATTEN, "Flatten", flatten_infer, flatten_forward, no_flops,
-                                             no_params};
+static const pare_layer_type flatten_type = {PARE_FLATTEN,    "Flatten", flatten_infer,
+                                             flatten_forward, no_flops,  no_params};
 
 static int vector_infer(pare_layer *l, int in_ndim, const int *in_shape, int *out_ndim, int *out_shape)
 {
     char s[64];
     if (in_ndim != 1)
-        return pare_set_error("layer %s: expected a vector of class scores, received %s (add a Flatten)",
-                              label(l), pare_shape_str(in_ndim, in_shape, s, sizeof s));
+        return pare_set_error("layer %s: expected a vector of class scores, received %s (add a Flatten)", label(l),
+                              pare_shape_str(in_ndim, in_shape, s, sizeof s));
     return same_shape(l, in_ndim, in_shape, out_ndim, out_shape);
 }
-static const pare_layer_type softmax_type = {PARE_SOFTMAX, "Softmax", vector_infer, softmax_forward, no_flops,
-                                             no_params};
-static const pare_layer_type log_softmax_type = {PARE_LOG_SOFTMAX, "LogSoftmax", vector_infer,
-                                                 log_softmax_forward, no_flops, no_params};
+static const pare_layer_type softmax_type = {PARE_SOFTMAX,    "Softmax", vector_infer,
+                                             softmax_forward, no_flops,  no_params};
+static const pare_layer_type log_softmax_type = {PARE_LOG_SOFTMAX,    "LogSoftmax", vector_infer,
+                                                 log_softmax_forward, no_flops,     no_params};
 
 /* ---- BatchNorm2d --------------------------------------------------------------- */
 static int bn_infer(pare_layer *l, int in_ndim, const int *in_shape, int *out_ndim, int *out_shape)
 {
     if (need_image(l, in_ndim, in_shape)) return -1;
     if (in_shape[0] != l->in_features)
-        return pare_set_error("layer %s (BatchNorm2d): expected %d channels (num_features), received %d",
-                              label(l), l->in_features, in_shape[0]);
+        return pare_set_error("layer %s (BatchNorm2d): expected %d channels (num_features), received %d", label(l),
+                              l->in_features, in_shape[0]);
     return same_shape(l, in_ndim, in_shape, out_ndim, out_shape);
 }
 
 static pare_tensor *bn_forward(pare_ctx *ctx, pare_model *m, pare_layer *l, pare_tensor *x)
 {
     (void)m;
-    return pare_f_batchnorm(ctx, x, pare_layer_weight(ctx, l), l->bias, l->running_mean->data,
-                            l->running_var->data, l->momentum, l->eps);
+    return pare_f_batchnorm(ctx, x, pare_layer_weight(ctx, l), l->bias, l->running_mean->data, l->running_var->data,
+                            l->momentum, l->eps);
 }
 
 static void bn_init(pare_layer *l, pare_rng *rng)
@@ -303,14 +304,38 @@ static pare_layer *pool_new(const pare_layer_type *type, int kernel)
     return l;
 }
 
-pare_layer *pare_maxpool2d(int kernel) { return pool_new(&maxpool_type, kernel); }
-pare_layer *pare_avgpool2d(int kernel) { return pool_new(&avgpool_type, kernel); }
-pare_layer *pare_relu(void) { return layer_new(&relu_type, NULL); }
-pare_layer *pare_sigmoid(void) { return layer_new(&sigmoid_type, NULL); }
-pare_layer *pare_tanh(void) { return layer_new(&tanh_type, NULL); }
-pare_layer *pare_flatten(void) { return layer_new(&flatten_type, NULL); }
-pare_layer *pare_softmax(void) { return layer_new(&softmax_type, NULL); }
-pare_layer *pare_log_softmax(void) { return layer_new(&log_softmax_type, NULL); }
+pare_layer *pare_maxpool2d(int kernel)
+{
+    return pool_new(&maxpool_type, kernel);
+}
+pare_layer *pare_avgpool2d(int kernel)
+{
+    return pool_new(&avgpool_type, kernel);
+}
+pare_layer *pare_relu(void)
+{
+    return layer_new(&relu_type, NULL);
+}
+pare_layer *pare_sigmoid(void)
+{
+    return layer_new(&sigmoid_type, NULL);
+}
+pare_layer *pare_tanh(void)
+{
+    return layer_new(&tanh_type, NULL);
+}
+pare_layer *pare_flatten(void)
+{
+    return layer_new(&flatten_type, NULL);
+}
+pare_layer *pare_softmax(void)
+{
+    return layer_new(&softmax_type, NULL);
+}
+pare_layer *pare_log_softmax(void)
+{
+    return layer_new(&log_softmax_type, NULL);
+}
 
 pare_layer *pare_dropout(float p)
 {

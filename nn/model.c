@@ -51,7 +51,10 @@ int pare_model_insert(pare_model *m, int index, pare_layer *l)
     return 0;
 }
 
-int pare_model_append(pare_model *m, pare_layer *l) { return pare_model_insert(m, m->n_layers, l); }
+int pare_model_append(pare_model *m, pare_layer *l)
+{
+    return pare_model_insert(m, m->n_layers, l);
+}
 
 int pare_model_remove(pare_model *m, int index)
 {
@@ -88,7 +91,10 @@ pare_layer *pare_model_find(pare_model *m, const char *name)
 }
 
 /* ---- build ------------------------------------------------------------------- */
-static int has_params(const pare_layer *l) { return l->kind & (PARE_LINEAR | PARE_CONV2D | PARE_BATCHNORM2D); }
+static int has_params(const pare_layer *l)
+{
+    return l->kind & (PARE_LINEAR | PARE_CONV2D | PARE_BATCHNORM2D);
+}
 
 static int check_config(const pare_model *m, int i)
 {
@@ -100,8 +106,8 @@ static int check_config(const pare_model *m, int i)
             if (strcmp(m->layers[j]->name, l->name) == 0)
                 return pare_set_error("two layers are named '%s' (layers %d and %d)", l->name, j, i);
         if (l->in_features <= 0 || l->out_features <= 0)
-            return pare_set_error("layer %s (%s): sizes must be positive (got %d -> %d)", l->name, t,
-                                  l->in_features, l->out_features);
+            return pare_set_error("layer %s (%s): sizes must be positive (got %d -> %d)", l->name, t, l->in_features,
+                                  l->out_features);
     }
     if ((l->kind & (PARE_CONV2D | PARE_MAXPOOL2D | PARE_AVGPOOL2D)) && (l->kernel <= 0 || l->stride <= 0 || l->pad < 0))
         return pare_set_error("layer %d (%s): kernel %d, stride %d, padding %d are not valid", i, t, l->kernel,
@@ -159,7 +165,10 @@ int pare_build(pare_model *m, int c, int h, int w)
     return 0;
 }
 
-void pare_model_train(pare_model *m, int training) { m->training = training; }
+void pare_model_train(pare_model *m, int training)
+{
+    m->training = training;
+}
 
 pare_tensor *pare_forward(pare_ctx *ctx, pare_model *m, pare_tensor *x)
 {
@@ -214,8 +223,9 @@ pare_tensor *pare_forward_layers(pare_ctx *ctx, pare_model *m, pare_tensor *x, i
 {
     PARE_CHECK(m->built, "pare_forward: model '%s' is not built (call pare_build)", m->arch);
     size_t per_sample = pare_shape_size(m->in_ndim, m->in_shape);
-    PARE_CHECK(first != 0 || x->size == (size_t)x->shape[0] * per_sample, "pare_forward: input of %zu values per sample, model '%s' takes %zu",
-               x->size / (size_t)x->shape[0], m->arch, per_sample);
+    PARE_CHECK(first != 0 || x->size == (size_t)x->shape[0] * per_sample,
+               "pare_forward: input of %zu values per sample, model '%s' takes %zu", x->size / (size_t)x->shape[0],
+               m->arch, per_sample);
     int saved = ctx->training;
     ctx->training = m->training;
     pare_arena_pos entry = pare_arena_pos_get(&ctx->arena);
@@ -237,8 +247,7 @@ pare_tensor *pare_forward_layers(pare_ctx *ctx, pare_model *m, pare_tensor *x, i
     return x;
 }
 
-pare_tensor *pare_classifier_loss(pare_ctx *ctx, pare_model *m, pare_tensor *x, const int *labels,
-                                  pare_tensor **scores)
+pare_tensor *pare_classifier_loss(pare_ctx *ctx, pare_model *m, pare_tensor *x, const int *labels, pare_tensor **scores)
 {
     pare_layer_kind last = m->layers[m->n_layers - 1]->kind;
     pare_tensor *y = pare_forward_layers(ctx, m, x, 0, m->n_layers - (last == PARE_SOFTMAX));

@@ -44,8 +44,7 @@ struct pare_hook {
     pare_tensor *(*apply)(pare_ctx *ctx, pare_hook *self, pare_layer *layer, pare_tensor *t);
     /* Structured surgery: dimension `dim` of the layer's weight (0 = outputs,
      * 1 = inputs) keeps only the listed indices. Optional. */
-    void (*resize)(pare_hook *self, pare_layer *layer, int dim, const int *keep, int n_keep,
-                   int block);
+    void (*resize)(pare_hook *self, pare_layer *layer, int dim, const int *keep, int n_keep, int block);
     /* Releases state. Optional. */
     void (*destroy)(pare_hook *self);
     /* Tensors this hook wants saved with the model, as "<layer>.<hook>.<key>". */
@@ -61,11 +60,10 @@ typedef struct pare_hook_chain {
     int n;
 } pare_hook_chain;
 
-int pare_hook_add(pare_hook_chain *chain, pare_hook *hook);          /* appends; -1 if full */
+int pare_hook_add(pare_hook_chain *chain, pare_hook *hook); /* appends; -1 if full */
 pare_hook *pare_hook_find(pare_hook_chain *chain, const char *name);
-int pare_hook_remove(pare_hook_chain *chain, const char *name);     /* destroys it; -1 if absent */
-pare_tensor *pare_hook_run(pare_ctx *ctx, pare_hook_chain *chain, pare_layer *layer,
-                           pare_tensor *t);
+int pare_hook_remove(pare_hook_chain *chain, const char *name); /* destroys it; -1 if absent */
+pare_tensor *pare_hook_run(pare_ctx *ctx, pare_hook_chain *chain, pare_layer *layer, pare_tensor *t);
 void pare_hook_chain_clear(pare_hook_chain *chain); /* destroys every hook */
 
 /* ---- layers --------------------------------------------------------------- */
@@ -73,13 +71,13 @@ typedef struct pare_layer_type pare_layer_type;
 struct pare_layer {
     const pare_layer_type *type;
     pare_layer_kind kind;
-    char name[PARE_NAME_MAX];  /* "conv1", "fc1", or "" for parameter-free layers */
+    char name[PARE_NAME_MAX]; /* "conv1", "fc1", or "" for parameter-free layers */
     /* configuration */
     int in_features, out_features; /* Linear: features; Conv2d: channels; BN: channels */
     int kernel, stride, pad;       /* Conv2d and pooling */
     int has_bias;
-    float p;                       /* Dropout */
-    float eps, momentum;           /* BatchNorm2d */
+    float p;             /* Dropout */
+    float eps, momentum; /* BatchNorm2d */
     /* parameters (persistent, with grads); BatchNorm: weight = gamma, bias = beta */
     pare_tensor *weight, *bias;
     pare_tensor *running_mean, *running_var; /* BatchNorm buffers, no grad */
@@ -104,8 +102,7 @@ struct pare_layer_type {
 pare_layer *pare_linear(const char *name, int in_features, int out_features);
 pare_layer *pare_linear_nobias(const char *name, int in_features, int out_features);
 pare_layer *pare_conv2d(const char *name, int in_ch, int out_ch, int kernel);
-pare_layer *pare_conv2d_ex(const char *name, int in_ch, int out_ch, int kernel, int stride,
-                                 int pad, int has_bias);
+pare_layer *pare_conv2d_ex(const char *name, int in_ch, int out_ch, int kernel, int stride, int pad, int has_bias);
 pare_layer *pare_maxpool2d(int kernel);
 pare_layer *pare_avgpool2d(int kernel);
 pare_layer *pare_relu(void);
@@ -128,7 +125,7 @@ struct pare_model {
     int in_ndim, in_shape[3];
     int built;
     int training;
-    uint64_t seed;            /* initialization seed, read by pare_build */
+    uint64_t seed; /* initialization seed, read by pare_build */
     pare_hook_chain input_hooks;
 };
 
@@ -159,8 +156,8 @@ int pare_model_index(const pare_model *m, const char *name);
 
 /* ---- layer-edit API (compress/ reaches a model only through these) ------- */
 int pare_model_insert(pare_model *m, int index, pare_layer *l);
-int pare_model_remove(pare_model *m, int index);                  /* frees the layer */
-int pare_model_replace(pare_model *m, int index, pare_layer *l);  /* frees the old one */
+int pare_model_remove(pare_model *m, int index);                 /* frees the layer */
+int pare_model_replace(pare_model *m, int index, pare_layer *l); /* frees the old one */
 /* Keeps only the listed output units (dim 0) or input units (dim 1) of a
  * Linear/Conv2d/BatchNorm2d layer's parameters and runs the hooks' resize.
  * For inputs, `block` is how many consecutive features one unit owns (H*W

@@ -68,6 +68,7 @@ int pare_layer_resize(pare_layer *l, int dim, const int *keep, int n_keep, int b
     pare_hook_chain *chains[2] = {&l->weight_hooks, &l->output_hooks};
     for (int c = 0; c < 2; c++)
         for (int h = 0; h < chains[c]->n; h++)
-            if (chains[c]->hooks[h]->resize) chains[c]->hooks[h]->resize(chains[c]->hooks[h], l, dim, keep, n_keep, block);
+            if (chains[c]->hooks[h]->resize)
+                chains[c]->hooks[h]->resize(chains[c]->hooks[h], l, dim, keep, n_keep, block);
     return 0;
 }

@@ -45,7 +45,10 @@ static pare_model *mlp(int hidden, const char *arch)
 
 static const char *const names[] = {"seedcnn", "seedcnn-bn", "kerascnn", "lenet5", "lenet300", "mlp64", "mlp32", NULL};
 
-const char *const *pare_model_zoo_names(void) { return names; }
+const char *const *pare_model_zoo_names(void)
+{
+    return names;
+}
 
 pare_model *pare_model_zoo(const char *arch)
 {

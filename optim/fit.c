@@ -47,12 +47,12 @@ static void progress_show(progress *p, const pare_fit_config *cfg, int epoch, in
         char bar[32];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
         bar[width] = '\0';
-        fprintf(stderr, "\r%s epoch %d/%d [%s] %d/%d loss %.4f acc %.2f%% %.0f img/s ETA %.0fs ", cfg->label,
-                epoch + 1, cfg->first_epoch + cfg->epochs, bar, done, p->total, loss, 100 * acc, rate, eta);
+        fprintf(stderr, "\r%s epoch %d/%d [%s] %d/%d loss %.4f acc %.2f%% %.0f img/s ETA %.0fs ", cfg->label, epoch + 1,
+                cfg->first_epoch + cfg->epochs, bar, done, p->total, loss, 100 * acc, rate, eta);
         if (done == p->total) fputc('\n', stderr);
     } else if (done >= p->next_line || done == p->total) {
-        fprintf(stderr, "%s epoch %d/%d batch %d/%d loss %.4f acc %.2f%% %.0f img/s ETA %.0fs\n", cfg->label,
-                epoch + 1, cfg->first_epoch + cfg->epochs, done, p->total, loss, 100 * acc, rate, eta);
+        fprintf(stderr, "%s epoch %d/%d batch %d/%d loss %.4f acc %.2f%% %.0f img/s ETA %.0fs\n", cfg->label, epoch + 1,
+                cfg->first_epoch + cfg->epochs, done, p->total, loss, 100 * acc, rate, eta);
         p->next_line += (p->total + 3) / 4;
     }
     fflush(stderr);
@@ -95,7 +95,8 @@ static int run_epoch(pare_ctx *ctx, pare_model *m, pare_optim *o, pare_loader *l
         pare_arena_release(ctx, mark);
         if (!isfinite(loss))
             return pare_set_error("epoch %d step %d: the loss is %f; lower the learning rate or clip gradients "
-                                  "(--clip)", epoch + 1, k, (double)loss);
+                                  "(--clip)",
+                                  epoch + 1, k, (double)loss);
         loss_sum += (double)loss * b.n;
         images += b.n;
         correct += c;

@@ -14,21 +14,21 @@ extern "C" {
 #endif
 
 typedef struct pare_epoch_stats {
-    int epoch;          /* 0-based */
+    int epoch; /* 0-based */
     int steps;
-    double loss;        /* mean training loss over the epoch */
-    double accuracy;    /* training accuracy over the epoch (on the fly, train mode) */
+    double loss;     /* mean training loss over the epoch */
+    double accuracy; /* training accuracy over the epoch (on the fly, train mode) */
     double seconds;
     double img_per_s;
 } pare_epoch_stats;
 
 typedef struct pare_fit_config {
     int epochs;
-    int first_epoch;                   /* epoch number to start from (shuffle order, schedule) */
-    const pare_lr_schedule *schedule;  /* optional: lr per epoch */
-    float clip;                        /* > 0: clip the global gradient norm to this */
-    int progress;                      /* 0: silent; 1: bar on a terminal, plain lines otherwise */
-    const char *label;                 /* shown in progress lines, e.g. "train" */
+    int first_epoch;                  /* epoch number to start from (shuffle order, schedule) */
+    const pare_lr_schedule *schedule; /* optional: lr per epoch */
+    float clip;                       /* > 0: clip the global gradient norm to this */
+    int progress;                     /* 0: silent; 1: bar on a terminal, plain lines otherwise */
+    const char *label;                /* shown in progress lines, e.g. "train" */
     /* Called after every optimizer step (global step count from 1); return
      * non-zero to stop training. */
     int (*on_step)(void *user, pare_model *m, pare_optim *o, long step);

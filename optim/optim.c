@@ -35,11 +35,11 @@ struct pare_optim {
     /* The hyperparameters as the decimals they were written as, in double,
      * for the quantities PyTorch computes in Python (1 - beta^t, lr / bc1). */
     double lr, momentum, dampening, weight_decay, beta1, beta2, eps;
-    int n_state;              /* buffers per parameter: 0, 1 or 2 */
+    int n_state; /* buffers per parameter: 0, 1 or 2 */
     const char *const *state_names;
-    long steps;               /* pare_step calls */
-    int n;                    /* parameters */
-    pare_param *params;       /* everything below points into this one allocation */
+    long steps;         /* pare_step calls */
+    int n;              /* parameters */
+    pare_param *params; /* everything below points into this one allocation */
     pare_optim_slot *slots;
 };
 
@@ -93,14 +93,14 @@ static void sgd_update(pare_optim *o, int i)
     PARALLEL_FOR(n)
     for (long j = 0; j < n; j++) {
         float d = g[j];
-        if (wd != 0.0f) d = fmaf(p[j], wd, d);            /* d_p.add(param, alpha=wd) */
+        if (wd != 0.0f) d = fmaf(p[j], wd, d); /* d_p.add(param, alpha=wd) */
         if (has_buf) {
             /* PyTorch creates the buffer as a copy of d_p on the first step. */
             float b = first ? d : fmaf(d, keep, buf[j] * mom); /* buf.mul_(mom).add_(d_p, alpha=1-damp) */
             buf[j] = b;
-            d = nesterov ? fmaf(b, mom, d) : b;            /* d_p.add(buf, alpha=mom) */
+            d = nesterov ? fmaf(b, mom, d) : b; /* d_p.add(buf, alpha=mom) */
         }
-        p[j] = fmaf(d, neg_lr, p[j]);                      /* param.add_(d_p, alpha=-lr) */
+        p[j] = fmaf(d, neg_lr, p[j]); /* param.add_(d_p, alpha=-lr) */
         g[j] = 0.0f;
     }
 }
@@ -125,14 +125,16 @@ static void adam_update(pare_optim *o, int i)
     PARALLEL_FOR(n)
     for (long j = 0; j < n; j++) {
         float pj = p[j], gj = g[j];
-        if (decoupled) pj = pj * decay;                    /* param.mul_(1 - lr*wd) */
-        else if (l2 != 0.0f) gj = fmaf(pj, l2, gj);        /* grad.add(param, alpha=wd) */
-        float mj = fmaf(gj, one_b1, m[j] * b1);            /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
-        float vj = fmaf(one_b2 * gj, gj, v[j] * b2);       /* exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
+        if (decoupled)
+            pj = pj * decay; /* param.mul_(1 - lr*wd) */
+        else if (l2 != 0.0f)
+            gj = fmaf(pj, l2, gj);                   /* grad.add(param, alpha=wd) */
+        float mj = fmaf(gj, one_b1, m[j] * b1);      /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
+        float vj = fmaf(one_b2 * gj, gj, v[j] * b2); /* exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
         m[j] = mj;
         v[j] = vj;
-        float denom = sqrtf(vj) / bc2_sqrt + eps;          /* (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps) */
-        p[j] = pj + neg_step_size * mj / denom;            /* param.addcdiv_(exp_avg, denom, value=-step_size) */
+        float denom = sqrtf(vj) / bc2_sqrt + eps; /* (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps) */
+        p[j] = pj + neg_step_size * mj / denom;   /* param.addcdiv_(exp_avg, denom, value=-step_size) */
         g[j] = 0.0f;
     }
 }
@@ -172,8 +174,7 @@ static int check_config(const pare_optim_config *c)
         if (!(c->momentum >= 0.0f) || !isfinite(c->momentum))
             return pare_set_error("SGD: momentum %g is not valid; it must be >= 0 and finite (e.g. 0.9)",
                                   (double)c->momentum);
-        if (!isfinite(c->dampening))
-            return pare_set_error("SGD: dampening %g is not finite", (double)c->dampening);
+        if (!isfinite(c->dampening)) return pare_set_error("SGD: dampening %g is not finite", (double)c->dampening);
         if (c->nesterov && (c->momentum == 0.0f || c->dampening != 0.0f))
             return pare_set_error("SGD: Nesterov momentum needs momentum > 0 and dampening 0 "
                                   "(got momentum %g, dampening %g)",
@@ -184,12 +185,14 @@ static int check_config(const pare_optim_config *c)
         return pare_set_error("%s: betas (%g, %g) must both be in [0, 1) (PyTorch's default is (0.9, 0.999))", k,
                               (double)c->beta1, (double)c->beta2);
     if (!(c->eps > 0.0f) || !isfinite(c->eps))
-        return pare_set_error("%s: eps %g is not valid; it must be positive and finite (e.g. 1e-8)", k,
-                              (double)c->eps);
+        return pare_set_error("%s: eps %g is not valid; it must be positive and finite (e.g. 1e-8)", k, (double)c->eps);
     return 0;
 }
 
-static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+static size_t round64(size_t bytes)
+{
+    return (bytes + 63) / 64 * 64;
+}
 
 pare_optim *pare_optim_new(pare_model *m, const pare_optim_config *cfg)
 {
@@ -264,7 +267,10 @@ pare_optim *pare_adamw(pare_model *m, float lr, float weight_decay)
     return pare_optim_new(m, &c);
 }
 
-void pare_optim_free(pare_optim *o) { pare_free(o); }
+void pare_optim_free(pare_optim *o)
+{
+    pare_free(o);
+}
 
 void pare_step(pare_optim *o)
 {
@@ -289,7 +295,10 @@ void pare_zero_grad(pare_optim *o)
         if (o->params[i].t->grad) memset(o->params[i].t->grad, 0, o->params[i].t->size * sizeof(float));
 }
 
-float pare_optim_lr(const pare_optim *o) { return o->cfg.lr; }
+float pare_optim_lr(const pare_optim *o)
+{
+    return o->cfg.lr;
+}
 
 int pare_optim_set_lr(pare_optim *o, float lr)
 {
@@ -301,9 +310,15 @@ int pare_optim_set_lr(pare_optim *o, float lr)
     return 0;
 }
 
-long pare_optim_steps(const pare_optim *o) { return o->steps; }
+long pare_optim_steps(const pare_optim *o)
+{
+    return o->steps;
+}
 
-int pare_optim_n_params(const pare_optim *o) { return o->n; }
+int pare_optim_n_params(const pare_optim *o)
+{
+    return o->n;
+}
 
 const pare_param *pare_optim_param(const pare_optim *o, int index)
 {
@@ -365,7 +380,8 @@ float pare_lr_at(const pare_lr_schedule *s, int epoch)
                                   s->step_size, (double)s->gamma),
                    NAN;
         /* integer division: the number of completed steps */
-        return (float)(base * pow(decimal(s->gamma), (double)(epoch / s->step_size))); // NOLINT(bugprone-integer-division)
+        return (float)(base *
+                       pow(decimal(s->gamma), (double)(epoch / s->step_size))); // NOLINT(bugprone-integer-division)
     case PARE_LR_COSINE: {
         if (s->total <= 0 || !(s->min_lr >= 0.0f) || !isfinite(s->min_lr))
             return pare_set_error("CosineAnnealingLR: total %d must be positive and min_lr %g >= 0 and finite",

@@ -89,10 +89,10 @@ typedef enum pare_lr_kind { PARE_LR_CONSTANT, PARE_LR_STEP, PARE_LR_COSINE } par
 typedef struct pare_lr_schedule {
     pare_lr_kind kind;
     float base_lr;
-    int step_size;   /* STEP: multiply by gamma every step_size epochs */
+    int step_size; /* STEP: multiply by gamma every step_size epochs */
     float gamma;
-    int total;       /* COSINE: epochs to anneal over (T_max) */
-    float min_lr;    /* COSINE: eta_min */
+    int total;    /* COSINE: epochs to anneal over (T_max) */
+    float min_lr; /* COSINE: eta_min */
 } pare_lr_schedule;
 float pare_lr_at(const pare_lr_schedule *s, int epoch);
 

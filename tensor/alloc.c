@@ -17,10 +17,10 @@
 #endif
 #ifdef PARE_ASAN
 #include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
 #else
-#define POISON(p, n) ((void)(p), (void)(n))
+#define POISON(p, n)   ((void)(p), (void)(n))
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
@@ -39,8 +39,8 @@ void *pare_alloc(size_t bytes)
         pare_fatal(__FILE__, __LINE__, "out of memory allocating %zu bytes", bytes);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     /* First touch of fresh pages is very slow on some machines; huge pages cut it. */
-    if (total >= (size_t)4 << 20) madvise((void *)(((uintptr_t)p + 4095) & ~(uintptr_t)4095),
-                                         total - 4096, MADV_HUGEPAGE);
+    if (total >= (size_t)4 << 20)
+        madvise((void *)(((uintptr_t)p + 4095) & ~(uintptr_t)4095), total - 4096, MADV_HUGEPAGE);
 #endif
     *(size_t *)p = total;
     n_allocs++;
@@ -63,8 +63,14 @@ void pare_free(void *p)
     free(base);
 }
 
-uint64_t pare_alloc_count(void) { return n_allocs; }
-size_t pare_alloc_live_bytes(void) { return live_bytes; }
+uint64_t pare_alloc_count(void)
+{
+    return n_allocs;
+}
+size_t pare_alloc_live_bytes(void)
+{
+    return live_bytes;
+}
 
 /* ---- arena ---------------------------------------------------------------- */
 
@@ -75,7 +81,10 @@ struct pare_arena_block {
     int owned; /* 0 for a caller's buffer */
 };
 
-static size_t round_up(size_t n) { return (n + PARE_ALIGN - 1) / PARE_ALIGN * PARE_ALIGN; }
+static size_t round_up(size_t n)
+{
+    return (n + PARE_ALIGN - 1) / PARE_ALIGN * PARE_ALIGN;
+}
 
 static pare_arena_block *block_new(size_t cap)
 {
@@ -172,8 +181,14 @@ void *pare_arena_zalloc(pare_arena *a, size_t bytes)
     return p;
 }
 
-void pare_arena_unpoison(const void *p, size_t bytes) { UNPOISON(p, bytes); }
-void pare_arena_poison(const void *p, size_t bytes) { POISON(p, bytes); }
+void pare_arena_unpoison(const void *p, size_t bytes)
+{
+    UNPOISON(p, bytes);
+}
+void pare_arena_poison(const void *p, size_t bytes)
+{
+    POISON(p, bytes);
+}
 
 pare_arena_pos pare_arena_pos_get(const pare_arena *a)
 {

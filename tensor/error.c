@@ -7,9 +7,15 @@
 
 static _Thread_local char last_error[1024];
 
-const char *pare_error(void) { return last_error[0] ? last_error : "no error"; }
+const char *pare_error(void)
+{
+    return last_error[0] ? last_error : "no error";
+}
 
-void pare_clear_error(void) { last_error[0] = '\0'; }
+void pare_clear_error(void)
+{
+    last_error[0] = '\0';
+}
 
 int pare_set_error(const char *fmt, ...)
 {

@@ -51,18 +51,18 @@
 #endif
 
 #ifdef __AVX512F__
-#define NR 32    /* two zmm per tile row */
-#define MRB 8    /* usual tile height: 16 accumulators */
+#define NR    32 /* two zmm per tile row */
+#define MRB   8  /* usual tile height: 16 accumulators */
 #define MRMAX 12 /* tallest tile: 24 accumulators + 2 B + 1 broadcast */
 #else
-#define NR 16    /* two ymm per tile row on AVX2 */
-#define MRB 6    /* 12 accumulators of 16 registers */
+#define NR    16 /* two ymm per tile row on AVX2 */
+#define MRB   6  /* 12 accumulators of 16 registers */
 #define MRMAX 6
 #endif
-#define KCMAX 384  /* K block: an A panel (R x kc) stays in L1 */
-#define NCB 512    /* columns of B packed at a time: kc x NCB stays in L2 */
-#define DOT_MAX 12 /* the dot path's narrow side: up to 2 x 12 accumulators */
-#define DOT_KC 512 /* k per chunk in the dot path: the narrow side stays in L1 */
+#define KCMAX       384       /* K block: an A panel (R x kc) stays in L1 */
+#define NCB         512       /* columns of B packed at a time: kc x NCB stays in L2 */
+#define DOT_MAX     12        /* the dot path's narrow side: up to 2 x 12 accumulators */
+#define DOT_KC      512       /* k per chunk in the dot path: the narrow side stays in L1 */
 #define DOT_MAX_OUT (1 << 16) /* bounds the dot path's scratch (16 floats an output) */
 /* Below this many multiply-adds a call runs on one thread: a fork costs more. */
 #define PAR_MIN_MADDS (1 << 18)
@@ -87,7 +87,10 @@ typedef struct {
     float alpha0, beta0;
 } plan;
 
-static int panel_rows(const plan *p, int i) { return p->M / p->np + (i < p->M % p->np); }
+static int panel_rows(const plan *p, int i)
+{
+    return p->M / p->np + (i < p->M % p->np);
+}
 static int panel_start(const plan *p, int i)
 {
     int base = p->M / p->np, extra = p->M % p->np;
@@ -136,9 +139,9 @@ static void swap_plan(plan *p, float *scratch)
 /* One R x NR tile: c = alpha * sum_k a(i,k) b(k,j) + beta * c, where
  * a(i,k) = a[i*rsa + k*csa], b(k,j) = b[k*ldbs + j]; only `cols` columns are
  * stored. beta == 0 means c is not read. */
-#define KERNEL_PARAMS                                                                      \
-    int kc, const float *restrict a, ptrdiff_t rsa, ptrdiff_t csa, const float *restrict b, \
-        ptrdiff_t ldbs, float *restrict c, ptrdiff_t ldc, int cols, float alpha, float beta
+#define KERNEL_PARAMS                                                                                                  \
+    int kc, const float *restrict a, ptrdiff_t rsa, ptrdiff_t csa, const float *restrict b, ptrdiff_t ldbs,            \
+        float *restrict c, ptrdiff_t ldc, int cols, float alpha, float beta
 #define KERNEL_ARGS kc, a, rsa, csa, b, ldbs, c, ldc, cols, alpha, beta
 
 #ifdef __AVX512F__
@@ -217,14 +220,17 @@ static inline __attribute__((always_inline)) void tile_kernel(const int R, KERNE
 static void kernel(int R, KERNEL_PARAMS)
 {
     switch (R) {
-#define CASE(r) \
-    case r: tile_kernel(r, KERNEL_ARGS); break;
-        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#define CASE(r)                                                                                                        \
+    case r:                                                                                                            \
+        tile_kernel(r, KERNEL_ARGS);                                                                                   \
+        break;
+        CASE(1)
+        CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
 #if MRMAX > 6
-        CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+            CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
 #endif
 #undef CASE
-    default: PARE_CHECK(0, "sgemm: tile height %d out of range", R);
+                default : PARE_CHECK(0, "sgemm: tile height %d out of range", R);
     }
 }
 
@@ -278,8 +284,7 @@ static inline void transpose16(const float *src, size_t lds, float *dst, size_t 
 
 /* One strip of a transposed B: d[k*NR + j] = src[j*ldb + k] for j < cols,
  * zero for cols <= j < NR. */
-static void pack_strip_t(const float *restrict src, size_t ldb, int kc, int cols,
-                         float *restrict d)
+static void pack_strip_t(const float *restrict src, size_t ldb, int kc, int cols, float *restrict d)
 {
     int j0 = 0;
 #ifdef __AVX512F__
@@ -306,8 +311,7 @@ static void pack_block(const plan *p, int p0, int kc, int j0, int ncols, float *
     if (p->tb) {
         for (int s = 0; s < nst; s++) {
             int cols = ncols - s * NR < NR ? ncols - s * NR : NR;
-            pack_strip_t(p->B + (size_t)(j0 + s * NR) * ldb + p0, ldb, kc, cols,
-                         dst + (size_t)s * kc * NR);
+            pack_strip_t(p->B + (size_t)(j0 + s * NR) * ldb + p0, ldb, kc, cols, dst + (size_t)s * kc * NR);
         }
         return;
     }
@@ -363,8 +367,8 @@ static share my_share(const plan *p, int tid, int nth)
         }
     }
     int ti = tid / tn, tj = tid % tn;
-    share s = {(int)((long)p->np * ti / tm), (int)((long)p->np * (ti + 1) / tm),
-               (int)((long)p->ns * tj / tn), (int)((long)p->ns * (tj + 1) / tn)};
+    share s = {(int)((long)p->np * ti / tm), (int)((long)p->np * (ti + 1) / tm), (int)((long)p->ns * tj / tn),
+               (int)((long)p->ns * (tj + 1) / tn)};
     return s;
 }
 
@@ -394,11 +398,10 @@ static void run_tiles(const plan *p, share sh, float *bbuf, float *abuf)
                 }
                 for (int s = jb; s < je; s++) {
                     int cols = p->N - s * NR < NR ? p->N - s * NR : NR;
-                    const float *bs = direct ? p->B + (size_t)p0 * p->ldb + s * NR
-                                             : bbuf + (size_t)(s - jb) * kc * NR;
+                    const float *bs = direct ? p->B + (size_t)p0 * p->ldb + s * NR : bbuf + (size_t)(s - jb) * kc * NR;
                     ptrdiff_t ldbs = direct ? p->ldb : NR;
-                    kernel(R, kc, a, rsa, csa, bs, ldbs, p->C + (size_t)i0 * p->ldc + s * NR, p->ldc,
-                           cols, p->alpha, beta);
+                    kernel(R, kc, a, rsa, csa, bs, ldbs, p->C + (size_t)i0 * p->ldc + s * NR, p->ldc, cols, p->alpha,
+                           beta);
                 }
             }
         }
@@ -445,8 +448,8 @@ static inline void dot_store(const dotplan *d, int i, int j, float sum)
 #ifdef __AVX512F__
 static inline float lane_sum(__m512 v)
 {
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
-                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m256 h =
+        _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
@@ -454,9 +457,8 @@ static inline float lane_sum(__m512 v)
 }
 
 /* Two rows of W; for a lone last row both point at it and the copy is not stored. */
-static inline __attribute__((always_inline)) void dot_tile(const int n, const dotplan *d, int i0,
-                                                           int rows, int k0, int kc,
-                                                           float *restrict acc)
+static inline __attribute__((always_inline)) void dot_tile(const int n, const dotplan *d, int i0, int rows, int k0,
+                                                           int kc, float *restrict acc)
 {
     const float *w0 = d->W + (size_t)i0 * d->ldw + k0, *w1 = rows > 1 ? w0 + d->ldw : w0;
     const float *v = d->V + k0;
@@ -503,12 +505,14 @@ static inline __attribute__((always_inline)) void dot_tile(const int n, const do
 static void dot_kernel(int rows, const dotplan *d, int i0, int k0, int kc, float *acc)
 {
     switch (d->n) {
-#define CASE(r) \
-    case r: dot_tile(r, d, i0, rows, k0, kc, acc); break;
-        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
-        CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+#define CASE(r)                                                                                                        \
+    case r:                                                                                                            \
+        dot_tile(r, d, i0, rows, k0, kc, acc);                                                                         \
+        break;
+        CASE(1)
+        CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
 #undef CASE
-    default: PARE_CHECK(0, "sgemm: dot width %d out of range", d->n);
+            default : PARE_CHECK(0, "sgemm: dot width %d out of range", d->n);
     }
 }
 #else
@@ -579,7 +583,10 @@ static float *scratch(size_t floats)
     return scratch_buf;
 }
 
-static size_t round16(size_t n) { return (n + 15) / 16 * 16; } /* 64-byte aligned slices */
+static size_t round16(size_t n)
+{
+    return (n + 15) / 16 * 16;
+} /* 64-byte aligned slices */
 
 static void scale_c(int M, int N, float beta, float *C, int ldc)
 {
@@ -598,8 +605,8 @@ static int max_threads(void)
 #endif
 }
 
-static void sgemm_dots(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                       int ldb, float beta, float *C, int ldc)
+static void sgemm_dots(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                       float *C, int ldc)
 {
     dotplan d;
     if (N <= M) { /* pairs of A rows against all of B */
@@ -626,21 +633,19 @@ static void sgemm_dots(int M, int N, int K, float alpha, const float *A, int lda
 #endif
 }
 
-void pare_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-                const float *B, int ldb, float beta, float *C, int ldc)
+void pare_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                int ldb, float beta, float *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    if (!trans_a && trans_b && (M <= DOT_MAX || N <= DOT_MAX) && K >= 32 &&
-        (size_t)M * N <= DOT_MAX_OUT) {
+    if (!trans_a && trans_b && (M <= DOT_MAX || N <= DOT_MAX) && K >= 32 && (size_t)M * N <= DOT_MAX_OUT) {
         sgemm_dots(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    plan p = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc,
-              0, 0, 0, 0, 0, 0, NULL, 0, 0.0f, 0.0f};
+    plan p = {trans_a, trans_b, M, N, K, alpha, beta, A, B, lda, ldb, C, ldc, 0, 0, 0, 0, 0, 0, NULL, 0, 0.0f, 0.0f};
     /* Transposing the smaller operand: worth a scratch copy of C. */
     int swap = trans_b && (trans_a || M < N) && (size_t)M * N <= ((size_t)1 << 20);
     make_plan(&p);
@@ -667,9 +672,8 @@ void pare_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, cons
 #endif
 }
 
-void pare_sgemm_reference(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                          const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                          int ldc)
+void pare_sgemm_reference(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                          const float *B, int ldb, float beta, float *C, int ldc)
 {
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {

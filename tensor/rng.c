@@ -12,7 +12,10 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 
 void pare_rng_seed(pare_rng *r, uint64_t seed, uint64_t stream)
 {
@@ -34,9 +37,15 @@ uint64_t pare_rng_u64(pare_rng *r)
     return result;
 }
 
-float pare_rng_uniform(pare_rng *r) { return (float)(pare_rng_u64(r) >> 40) * 0x1.0p-24f; }
+float pare_rng_uniform(pare_rng *r)
+{
+    return (float)(pare_rng_u64(r) >> 40) * 0x1.0p-24f;
+}
 
-float pare_rng_range(pare_rng *r, float lo, float hi) { return lo + (hi - lo) * pare_rng_uniform(r); }
+float pare_rng_range(pare_rng *r, float lo, float hi)
+{
+    return lo + (hi - lo) * pare_rng_uniform(r);
+}
 
 float pare_rng_normal(pare_rng *r)
 {

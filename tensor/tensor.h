@@ -11,9 +11,9 @@
 extern "C" {
 #endif
 
-#define PARE_VERSION "0.1.0"
+#define PARE_VERSION  "0.1.0"
 #define PARE_MAX_DIMS 4
-#define PARE_ALIGN 64
+#define PARE_ALIGN    64
 
 /* ---- errors -------------------------------------------------------------
  * Errors a user can cause return -1 (or NULL) and leave a message here that
@@ -32,18 +32,18 @@ void pare_clear_error(void);
 #define PARE_NORETURN _Noreturn
 #endif
 PARE_NORETURN void pare_fatal(const char *file, int line, const char *fmt, ...);
-#define PARE_CHECK(cond, ...)                                 \
-    do {                                                      \
-        if (!(cond)) pare_fatal(__FILE__, __LINE__, __VA_ARGS__); \
+#define PARE_CHECK(cond, ...)                                                                                          \
+    do {                                                                                                               \
+        if (!(cond)) pare_fatal(__FILE__, __LINE__, __VA_ARGS__);                                                      \
     } while (0)
 
 /* ---- counted allocation -------------------------------------------------
  * Every heap allocation in pare goes through here, so a test can prove that
  * a training step after the first performs none. Memory is 64-byte aligned. */
-void *pare_alloc(size_t bytes);        /* aborts on out-of-memory */
-void *pare_calloc(size_t bytes);       /* zeroed */
+void *pare_alloc(size_t bytes);  /* aborts on out-of-memory */
+void *pare_calloc(size_t bytes); /* zeroed */
 void pare_free(void *p);
-uint64_t pare_alloc_count(void);       /* number of pare_alloc/pare_calloc calls so far */
+uint64_t pare_alloc_count(void); /* number of pare_alloc/pare_calloc calls so far */
 size_t pare_alloc_live_bytes(void);
 
 /* ---- arena ----------------------------------------------------------------
@@ -53,10 +53,10 @@ size_t pare_alloc_live_bytes(void);
 typedef struct pare_arena_block pare_arena_block;
 typedef struct pare_arena {
     pare_arena_block *first, *cur;
-    size_t block_bytes;  /* size of the next block to allocate */
-    size_t high_water;   /* most bytes ever in use at once */
+    size_t block_bytes; /* size of the next block to allocate */
+    size_t high_water;  /* most bytes ever in use at once */
     size_t in_use;
-    int fixed;           /* 1: caller's buffer, never grows */
+    int fixed; /* 1: caller's buffer, never grows */
 } pare_arena;
 typedef struct pare_arena_pos {
     pare_arena_block *block;
@@ -81,7 +81,7 @@ void pare_arena_poison(const void *p, size_t bytes);
  * tape node that produced it, or -1 for a leaf. */
 typedef struct pare_tensor {
     float *data;
-    float *grad;  /* NULL until needed; persistent for parameters */
+    float *grad; /* NULL until needed; persistent for parameters */
     int ndim;
     int shape[PARE_MAX_DIMS];
     size_t size;
@@ -111,10 +111,10 @@ typedef struct pare_rng {
 } pare_rng;
 void pare_rng_seed(pare_rng *r, uint64_t seed, uint64_t stream);
 uint64_t pare_rng_u64(pare_rng *r);
-float pare_rng_uniform(pare_rng *r);               /* [0, 1), 24 random bits */
+float pare_rng_uniform(pare_rng *r); /* [0, 1), 24 random bits */
 float pare_rng_range(pare_rng *r, float lo, float hi);
-float pare_rng_normal(pare_rng *r);                /* Box-Muller */
-uint64_t pare_rng_below(pare_rng *r, uint64_t n);  /* unbiased, n > 0 */
+float pare_rng_normal(pare_rng *r);               /* Box-Muller */
+uint64_t pare_rng_below(pare_rng *r, uint64_t n); /* unbiased, n > 0 */
 void pare_rng_shuffle(pare_rng *r, int *idx, int n);
 /* Counter-based: a pure function of (seed, counter, index), so a dropout mask
  * does not depend on how a loop is split between threads. */
@@ -135,20 +135,18 @@ int pare_cores_available(void);
 /* C = alpha * op(A) * op(B) + beta * C, row-major. op(A) is M x K, op(B) is
  * K x N. trans_a/trans_b: 0 = as stored, 1 = transposed. When beta == 0, C is
  * not read (it may hold NaN). */
-void pare_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                const float *A, int lda, const float *B, int ldb, float beta,
-                float *C, int ldc);
+void pare_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                int ldb, float beta, float *C, int ldc);
 /* Straightforward triple loop (double accumulation) for tests and benches. */
-void pare_sgemm_reference(int trans_a, int trans_b, int M, int N, int K,
-                          float alpha, const float *A, int lda, const float *B,
-                          int ldb, float beta, float *C, int ldc);
+void pare_sgemm_reference(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                          const float *B, int ldb, float beta, float *C, int ldc);
 
 /* Geometry of a 2-D convolution or pooling window over one image. */
 typedef struct pare_conv_geom {
-    int c, h, w;       /* input channels and size */
-    int kh, kw;        /* window */
+    int c, h, w; /* input channels and size */
+    int kh, kw;  /* window */
     int stride, pad;
-    int oh, ow;        /* output size */
+    int oh, ow; /* output size */
 } pare_conv_geom;
 /* Output size of a window; returns 0 if the window does not fit. */
 int pare_conv_out(int in, int k, int stride, int pad);
@@ -162,8 +160,8 @@ void pare_col2im(const pare_conv_geom *g, const float *col, size_t ldcol, float 
 void pare_vec_fill(float *x, size_t n, float v);
 void pare_vec_copy(float *dst, const float *src, size_t n);
 void pare_vec_add(float *dst, const float *a, const float *b, size_t n);
-void pare_vec_acc(float *dst, const float *src, size_t n);         /* dst += src */
-void pare_vec_axpy(float *y, float a, const float *x, size_t n);   /* y += a*x */
+void pare_vec_acc(float *dst, const float *src, size_t n);       /* dst += src */
+void pare_vec_axpy(float *y, float a, const float *x, size_t n); /* y += a*x */
 void pare_vec_scale(float *x, float a, size_t n);
 double pare_vec_sum(const float *x, size_t n);
 double pare_vec_dot(const float *a, const float *b, size_t n);

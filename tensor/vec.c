@@ -12,7 +12,10 @@ void pare_vec_fill(float *x, size_t n, float v)
     for (size_t i = 0; i < n; i++) x[i] = v;
 }
 
-void pare_vec_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
+void pare_vec_copy(float *dst, const float *src, size_t n)
+{
+    memcpy(dst, src, n * sizeof(float));
+}
 
 void pare_vec_add(float *dst, const float *a, const float *b, size_t n)
 {

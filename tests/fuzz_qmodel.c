@@ -8,7 +8,7 @@
 #include "compress/quant.h"
 
 /* Multiply-adds a run may cost here: keeps each input fast. */
-#define FUZZ_MAX_MACS ((double)(1 << 22))
+#define FUZZ_MAX_MACS    ((double)(1 << 22))
 #define FUZZ_MAX_SCRATCH ((size_t)1 << 22)
 
 static double macs(const pare_qmodel *qm)

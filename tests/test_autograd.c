@@ -8,7 +8,7 @@
 
 /* Central differences in float with this step; errors are judged against
  * atol + rtol * |numeric|. A wrong backward is off by O(1), far outside. */
-#define EPS 1e-2
+#define EPS  1e-2
 #define ATOL 2e-3
 #define RTOL 2e-2
 
@@ -56,29 +56,77 @@ static void expect_gradcheck(const char *what, pare_gradcheck_fn fn, pare_tensor
 }
 
 /* ---- one function per op ---------------------------------------------------- */
-static pare_tensor *f_add(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_add(c, x[0], x[1]); }
-static pare_tensor *f_add_bias(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_add_bias(c, x[0], x[1]); }
-static pare_tensor *f_mul(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_mul(c, x[0], x[1]); }
-static pare_tensor *f_scale(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_scale(c, x[0], -2.5f); }
+static pare_tensor *f_add(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_add(c, x[0], x[1]);
+}
+static pare_tensor *f_add_bias(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_add_bias(c, x[0], x[1]);
+}
+static pare_tensor *f_mul(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_mul(c, x[0], x[1]);
+}
+static pare_tensor *f_scale(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_scale(c, x[0], -2.5f);
+}
 static pare_tensor *f_flatten(pare_ctx *c, pare_tensor **x, void *u)
 {
     (void)u;
     return pare_f_mul(c, pare_f_flatten(c, x[0]), pare_f_flatten(c, x[0]));
 }
-static pare_tensor *f_sum(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_sum(c, pare_f_mul(c, x[0], x[0])); }
-static pare_tensor *f_mean(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_mean(c, pare_f_mul(c, x[0], x[0])); }
-static pare_tensor *f_relu(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_relu(c, x[0]); }
-static pare_tensor *f_sigmoid(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_sigmoid(c, x[0]); }
-static pare_tensor *f_tanh(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_tanh(c, x[0]); }
+static pare_tensor *f_sum(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_sum(c, pare_f_mul(c, x[0], x[0]));
+}
+static pare_tensor *f_mean(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_mean(c, pare_f_mul(c, x[0], x[0]));
+}
+static pare_tensor *f_relu(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_relu(c, x[0]);
+}
+static pare_tensor *f_sigmoid(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_sigmoid(c, x[0]);
+}
+static pare_tensor *f_tanh(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_tanh(c, x[0]);
+}
 static pare_tensor *f_dropout(pare_ctx *c, pare_tensor **x, void *u)
 {
     (void)u;
     c->step = 7; /* the same mask for every evaluation */
     return pare_f_dropout(c, x[0], 0.3f);
 }
-static pare_tensor *f_matmul(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_matmul(c, x[0], x[1]); }
-static pare_tensor *f_linear(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_linear(c, x[0], x[1], x[2]); }
-static pare_tensor *f_linear_nobias(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_linear(c, x[0], x[1], NULL); }
+static pare_tensor *f_matmul(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_matmul(c, x[0], x[1]);
+}
+static pare_tensor *f_linear(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_linear(c, x[0], x[1], x[2]);
+}
+static pare_tensor *f_linear_nobias(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_linear(c, x[0], x[1], NULL);
+}
 static pare_tensor *f_conv(pare_ctx *c, pare_tensor **x, void *u)
 {
     const int *sp = u;
@@ -100,16 +148,32 @@ static pare_tensor *f_batchnorm(pare_ctx *c, pare_tensor **x, void *u)
     float rm[3] = {0.1f, -0.2f, 0.3f}, rv[3] = {0.5f, 1.5f, 2.0f};
     return pare_f_batchnorm(c, x[0], x[1], x[2], rm, rv, 0.1f, 1e-5f);
 }
-static pare_tensor *f_softmax(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_softmax(c, x[0]); }
-static pare_tensor *f_log_softmax(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_f_log_softmax(c, x[0]); }
+static pare_tensor *f_softmax(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_softmax(c, x[0]);
+}
+static pare_tensor *f_log_softmax(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_f_log_softmax(c, x[0]);
+}
 static const int labels5[5] = {0, 3, 2, 3, 1};
 static pare_tensor *f_nll(pare_ctx *c, pare_tensor **x, void *u)
 {
     (void)u;
     return pare_nll_loss(c, pare_f_log_softmax(c, x[0]), labels5);
 }
-static pare_tensor *f_ce(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_cross_entropy(c, x[0], labels5); }
-static pare_tensor *f_mse(pare_ctx *c, pare_tensor **x, void *u) { (void)u; return pare_mse_loss(c, x[0], x[1]); }
+static pare_tensor *f_ce(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_cross_entropy(c, x[0], labels5);
+}
+static pare_tensor *f_mse(pare_ctx *c, pare_tensor **x, void *u)
+{
+    (void)u;
+    return pare_mse_loss(c, x[0], x[1]);
+}
 
 TEST(gradcheck_elementwise)
 {
@@ -347,7 +411,8 @@ static void grads_of(pare_tensor **in, int n, float **out)
 
 TEST(fused_conv_relu_pool_equals_the_separate_ops)
 {
-    const int cases[][4] = {{1, 0, 1, 2}, {1, 1, 1, 2}, {2, 1, 0, 3}, {1, 0, 1, 0}, {1, 0, 0, 2}}; /* stride, pad, relu, pool */
+    const int cases[][4] = {
+        {1, 0, 1, 2}, {1, 1, 1, 2}, {2, 1, 0, 3}, {1, 0, 1, 0}, {1, 0, 0, 2}}; /* stride, pad, relu, pool */
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         int stride = cases[t][0], pad = cases[t][1], relu = cases[t][2], pool = cases[t][3];
         int sx[4] = {3, 2, 11, 10}, sw[4] = {4, 2, 3, 3}, sb[1] = {4};
@@ -367,7 +432,8 @@ TEST(fused_conv_relu_pool_equals_the_separate_ops)
         for (int i = 0; i < 3; i++) {
             double d = 0;
             for (size_t e = 0; e < in[i]->size; e++) d = fmax(d, fabs(separate[i][e] - in[i]->grad[e]));
-            CHECKF(memcmp(separate[i], in[i]->grad, in[i]->size * sizeof(float)) == 0, "case %zu input %d: %g", t, i, d);
+            CHECKF(memcmp(separate[i], in[i]->grad, in[i]->size * sizeof(float)) == 0, "case %zu input %d: %g", t, i,
+                   d);
             pare_free(separate[i]);
         }
         pare_ctx_free(ctx);

@@ -68,7 +68,10 @@ static void put32(uint8_t *p, uint32_t v)
 }
 
 /* Sample i has pixel 0 equal to i, so a batch tells which samples it holds. */
-static uint8_t pixel_of(int i, int j) { return (uint8_t)(j == 0 ? i : (i * 7 + j * 13) % 256); }
+static uint8_t pixel_of(int i, int j)
+{
+    return (uint8_t)(j == 0 ? i : (i * 7 + j * 13) % 256);
+}
 
 #define MAX_FILE 4096
 typedef struct {
@@ -101,10 +104,21 @@ static buf labels_buf(int n, int n_classes)
 
 enum { N = 37, ROWS = 3, COLS = 4 };
 
-static const char *write_images(const char *name, int n) { buf f = images_buf(n, ROWS, COLS); return write_file(name, f.b, f.len); }
-static const char *write_labels(const char *name, int n) { buf f = labels_buf(n, 10); return write_file(name, f.b, f.len); }
+static const char *write_images(const char *name, int n)
+{
+    buf f = images_buf(n, ROWS, COLS);
+    return write_file(name, f.b, f.len);
+}
+static const char *write_labels(const char *name, int n)
+{
+    buf f = labels_buf(n, 10);
+    return write_file(name, f.b, f.len);
+}
 
-static int error_has(const char *a) { return strstr(pare_error(), a) != NULL; }
+static int error_has(const char *a)
+{
+    return strstr(pare_error(), a) != NULL;
+}
 
 /* Loads a broken image file next to good labels: must fail and say `what`. */
 static void expect_images_rejected(const uint8_t *bytes, size_t len, const char *what, int line)
@@ -116,15 +130,15 @@ static void expect_images_rejected(const uint8_t *bytes, size_t len, const char 
     pare_dataset *ds = pare_dataset_load(img, lab, 10);
     test_checkf(ds == NULL, __FILE__, line, "bad image file was accepted");
     pare_dataset_free(ds);
-    test_checkf(error_has(what) && error_has("bad-images"), __FILE__, line,
-                "message lacks \"%s\" or the path: %s", what, pare_error());
+    test_checkf(error_has(what) && error_has("bad-images"), __FILE__, line, "message lacks \"%s\" or the path: %s",
+                what, pare_error());
     test_checkf(pare_alloc_live_bytes() == live, __FILE__, line, "leak on failure");
     /* The in-memory parser must agree. */
     int n, r, c;
     const uint8_t *px;
     pare_clear_error();
-    test_checkf(pare_idx_parse_images(bytes, len, &n, &r, &c, &px) == -1 && error_has(what),
-                __FILE__, line, "parser: %s", pare_error());
+    test_checkf(pare_idx_parse_images(bytes, len, &n, &r, &c, &px) == -1 && error_has(what), __FILE__, line,
+                "parser: %s", pare_error());
 }
 
 static void expect_labels_rejected(const uint8_t *bytes, size_t len, const char *what, int line)
@@ -135,13 +149,13 @@ static void expect_labels_rejected(const uint8_t *bytes, size_t len, const char 
     pare_dataset *ds = pare_dataset_load(img, lab, 10);
     test_checkf(ds == NULL, __FILE__, line, "bad label file was accepted");
     pare_dataset_free(ds);
-    test_checkf(error_has(what) && error_has("bad-labels"), __FILE__, line,
-                "message lacks \"%s\" or the path: %s", what, pare_error());
+    test_checkf(error_has(what) && error_has("bad-labels"), __FILE__, line, "message lacks \"%s\" or the path: %s",
+                what, pare_error());
     int n;
     const uint8_t *lb;
     pare_clear_error();
-    test_checkf(pare_idx_parse_labels(bytes, len, &n, &lb) == -1 && error_has(what), __FILE__,
-                line, "parser: %s", pare_error());
+    test_checkf(pare_idx_parse_labels(bytes, len, &n, &lb) == -1 && error_has(what), __FILE__, line, "parser: %s",
+                pare_error());
 }
 
 /* ---- the reader ------------------------------------------------------------- */
@@ -240,9 +254,9 @@ TEST(data_reject_truncated)
     char got[64];
     snprintf(got, sizeof got, "got %zu", full - 5);
     expect_images_rejected(im.b, full - 5, got, __LINE__);
-    expect_images_rejected(im.b, 10, "truncated", __LINE__);  /* inside the header */
-    expect_images_rejected(im.b, 3, "truncated", __LINE__);   /* inside the magic */
-    expect_images_rejected(im.b, 0, "truncated", __LINE__);   /* empty */
+    expect_images_rejected(im.b, 10, "truncated", __LINE__); /* inside the header */
+    expect_images_rejected(im.b, 3, "truncated", __LINE__);  /* inside the magic */
+    expect_images_rejected(im.b, 0, "truncated", __LINE__);  /* empty */
     buf lb = labels_buf(N, 10);
     expect_labels_rejected(lb.b, lb.len - 1, "truncated", __LINE__);
     expect_labels_rejected(lb.b, 6, "truncated", __LINE__);
@@ -391,8 +405,8 @@ TEST(data_loader_values_and_shapes)
     pare_batch b;
     int sizes[8], nb = 0, exact = 1, labels_ok = 1, seen = 0;
     while (nb < 8 && pare_loader_next(ld, &arena, &b)) {
-        CHECK(b.x->ndim == 4 && b.x->shape[0] == b.n && b.x->shape[1] == 1 &&
-              b.x->shape[2] == ROWS && b.x->shape[3] == COLS);
+        CHECK(b.x->ndim == 4 && b.x->shape[0] == b.n && b.x->shape[1] == 1 && b.x->shape[2] == ROWS &&
+              b.x->shape[3] == COLS);
         for (int i = 0; i < b.n; i++, seen++) {
             labels_ok &= b.labels[i] == seen % 10;
             for (int j = 0; j < ROWS * COLS; j++) {
@@ -477,8 +491,7 @@ TEST(data_loader_shuffle_deterministic)
     CHECK(memcmp(a0, a1, sizeof a0) != 0);
     CHECK(memcmp(a0, c0, sizeof a0) != 0);
     CHECK(memcmp(a0, all, sizeof a0) != 0);
-    CHECK(is_permutation(a0, N, all, N) && is_permutation(a1, N, all, N) &&
-          is_permutation(c0, N, all, N));
+    CHECK(is_permutation(a0, N, all, N) && is_permutation(a1, N, all, N) && is_permutation(c0, N, all, N));
     pare_loader_free(a);
     pare_loader_free(b);
     pare_loader_free(c);
@@ -570,8 +583,8 @@ TEST(data_split_indices)
     }
     int once = 1;
     for (int i = 0; i < n; i++) once &= seen[i] == 1;
-    CHECK(inrange && once && sorted); /* disjoint and complete */
-    CHECK(va[nv - 1] - va[0] > n / 2);  /* spread out, not a block at the end */
+    CHECK(inrange && once && sorted);  /* disjoint and complete */
+    CHECK(va[nv - 1] - va[0] > n / 2); /* spread out, not a block at the end */
     /* The same seed gives the same split; another seed another one. */
     int *tr2, *va2, nt2, *va3, *tr3, nt3;
     CHECK(pare_split_indices(n, nv, 7, &tr2, &nt2, &va2) == 0);

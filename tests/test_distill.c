@@ -218,15 +218,20 @@ static float *snapshot_of(pare_model *m, size_t *n, int grads)
     float *out = pare_alloc(total * sizeof(float)), *w = out;
     for (int i = 0; i < k; i++) {
         const float *src = grads ? p[i].t->grad : p[i].t->data;
-        if (src) memcpy(w, src, p[i].t->size * sizeof(float));
-        else memset(w, 0, p[i].t->size * sizeof(float));
+        if (src)
+            memcpy(w, src, p[i].t->size * sizeof(float));
+        else
+            memset(w, 0, p[i].t->size * sizeof(float));
         w += p[i].t->size;
     }
     *n = total;
     return out;
 }
 
-static float *snapshot(pare_model *m, size_t *n) { return snapshot_of(m, n, 0); }
+static float *snapshot(pare_model *m, size_t *n)
+{
+    return snapshot_of(m, n, 0);
+}
 
 TEST(distill_leaves_the_teacher_untouched_and_teaches_the_student)
 {
@@ -272,7 +277,10 @@ TEST(distill_leaves_the_teacher_untouched_and_teaches_the_student)
     pare_dataset_free(ds);
 }
 
-static int error_has(const char *needle) { return strstr(pare_error(), needle) != NULL; }
+static int error_has(const char *needle)
+{
+    return strstr(pare_error(), needle) != NULL;
+}
 
 TEST(distill_refuses_bad_configurations)
 {

@@ -56,14 +56,12 @@ static void case_free(gcase *g)
 
 static void run_fast(gcase *g, float alpha, float beta)
 {
-    pare_sgemm(g->ta, g->tb, g->M, g->N, g->K, alpha, g->A, g->lda, g->B, g->ldb, beta, g->C,
-               g->ldc);
+    pare_sgemm(g->ta, g->tb, g->M, g->N, g->K, alpha, g->A, g->lda, g->B, g->ldb, beta, g->C, g->ldc);
 }
 
 static void run_ref(gcase *g, float alpha, float beta)
 {
-    pare_sgemm_reference(g->ta, g->tb, g->M, g->N, g->K, alpha, g->A, g->lda, g->B, g->ldb, beta,
-                         g->R, g->ldc);
+    pare_sgemm_reference(g->ta, g->tb, g->M, g->N, g->K, alpha, g->A, g->lda, g->B, g->ldb, beta, g->R, g->ldc);
 }
 
 /* Counts elements of C (including the padding past N, which must be untouched)
@@ -110,8 +108,8 @@ static int check_case(pare_rng *r, int ta, int tb, int M, int N, int K, int inte
         run_ref(&g, alphas[v], betas[v]);
         int b = mismatches(&g, alphas[v], betas[v], c0, integers ? 0.0 : 2 * FLT_EPSILON);
         if (b)
-            fprintf(stderr, "    %c%c M=%d N=%d K=%d alpha=%g beta=%g: %d wrong\n", ta ? 'T' : 'N',
-                    tb ? 'T' : 'N', M, N, K, alphas[v], betas[v], b);
+            fprintf(stderr, "    %c%c M=%d N=%d K=%d alpha=%g beta=%g: %d wrong\n", ta ? 'T' : 'N', tb ? 'T' : 'N', M,
+                    N, K, alphas[v], betas[v], b);
         bad += b;
         if (nc) pare_free(c0);
         case_free(&g);
@@ -167,8 +165,8 @@ TEST(gemm_large_blocks)
     }
     /* The CNN's thin shapes: long K with few outputs, tiny K with many. */
     CHECK(check_case(&r, 0, 1, 32, 9, 5000, 1) == 0);
-    CHECK(check_case(&r, 0, 1, 5, 70, 1100, 1) == 0);  /* few rows instead of few columns */
-    CHECK(check_case(&r, 0, 1, 12, 12, 37, 1) == 0);   /* a k tail shorter than a vector */
+    CHECK(check_case(&r, 0, 1, 5, 70, 1100, 1) == 0); /* few rows instead of few columns */
+    CHECK(check_case(&r, 0, 1, 12, 12, 37, 1) == 0);  /* a k tail shorter than a vector */
     CHECK(check_case(&r, 0, 1, 13, 13, 33, 1) == 0);
     CHECK(check_case(&r, 0, 1, 7, 300, 700, 0) == 0);
     CHECK(check_case(&r, 0, 1, 64, 10, 128, 1) == 0);
@@ -213,8 +211,8 @@ TEST(gemm_threads_bitwise)
                     memcpy(first, g.C, nc * sizeof(float));
                 else
                     CHECKF(memcmp(first, g.C, nc * sizeof(float)) == 0,
-                           "%c%c %dx%dx%d differs between 1 and %d threads", g.ta ? 'T' : 'N',
-                           g.tb ? 'T' : 'N', g.M, g.N, g.K, th);
+                           "%c%c %dx%dx%d differs between 1 and %d threads", g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', g.M,
+                           g.N, g.K, th);
             }
             pare_free(first);
             case_free(&g);
@@ -229,8 +227,7 @@ TEST(gemm_no_alloc_after_first_call)
     pare_rng r;
     pare_rng_seed(&r, 7, PARE_STREAM_TEST);
     gcase g[4];
-    for (int combo = 0; combo < 4; combo++)
-        case_new(&g[combo], &r, combo >> 1, combo & 1, 64, 300, 1000, 0);
+    for (int combo = 0; combo < 4; combo++) case_new(&g[combo], &r, combo >> 1, combo & 1, 64, 300, 1000, 0);
     for (int combo = 0; combo < 4; combo++) run_fast(&g[combo], 1.0f, 0.0f);
     uint64_t before = pare_alloc_count();
     for (int rep = 0; rep < 3; rep++)

@@ -69,7 +69,9 @@ TEST(golden_forward_loss_and_gradients_match_pytorch)
     pare_tensor *out, *loss = forward_backward(ctx, m, f, &out);
 
     float *want = read_like(f, "output", out);
-    if (want) CHECKF(rel_diff(out->data, want, out->size) < 1e-6, "output differs by %.3g", rel_diff(out->data, want, out->size));
+    if (want)
+        CHECKF(rel_diff(out->data, want, out->size) < 1e-6, "output differs by %.3g",
+               rel_diff(out->data, want, out->size));
     pare_free(want);
     float want_loss;
     int one = 1;

@@ -215,8 +215,8 @@ static double max_diff(const float *a, const float *b, size_t n)
 
 static pare_model *mlp_model(void)
 {
-    pare_model *m = pare_sequential("mlp", pare_linear("fc1", 20, 12), pare_relu(), pare_linear_nobias("fc2", 12, 5),
-                                    NULL);
+    pare_model *m =
+        pare_sequential("mlp", pare_linear("fc1", 20, 12), pare_relu(), pare_linear_nobias("fc2", 12, 5), NULL);
     m->seed = 3;
     PARE_CHECK(pare_build(m, 20, 0, 0) == 0, "%s", pare_error());
     return m;
@@ -226,9 +226,9 @@ static pare_model *mlp_model(void)
  * (the fused path), then a Linear. */
 static pare_model *cnn_model(void)
 {
-    pare_model *m = pare_sequential("cnn", pare_conv2d_ex("conv1", 3, 6, 3, 2, 1, 1), pare_relu(),
-                                    pare_conv2d("conv2", 6, 8, 3), pare_relu(), pare_maxpool2d(2), pare_flatten(),
-                                    pare_linear("fc1", 8 * 1 * 1, 4), NULL);
+    pare_model *m =
+        pare_sequential("cnn", pare_conv2d_ex("conv1", 3, 6, 3, 2, 1, 1), pare_relu(), pare_conv2d("conv2", 6, 8, 3),
+                        pare_relu(), pare_maxpool2d(2), pare_flatten(), pare_linear("fc1", 8 * 1 * 1, 4), NULL);
     m->seed = 4;
     PARE_CHECK(pare_build(m, 3, 9, 9) == 0, "%s", pare_error());
     return m;

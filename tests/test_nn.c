@@ -76,7 +76,8 @@ TEST(zoo_models_build_with_expected_sizes)
         const char *name;
         size_t params;
     } want[] = {{"seedcnn", 225034}, {"kerascnn", 225034}, {"seedcnn-bn", 225034 + 2 * (32 + 64)},
-                {"lenet5", 431080}, {"lenet300", 266610}, {"mlp64", 50890}, {"mlp32", 25450}};
+                {"lenet5", 431080},  {"lenet300", 266610}, {"mlp64", 50890},
+                {"mlp32", 25450}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         pare_model *m = pare_model_zoo(want[i].name);
         CHECK(m && pare_build(m, 1, 28, 28) == 0);
@@ -95,7 +96,8 @@ TEST(initialization_is_seeded_and_bounded)
     CHECK(memcmp(wa->data, b->layers[1]->weight->data, wa->size * 4) == 0);
     CHECK(memcmp(wa->data, c->layers[1]->weight->data, wa->size * 4) != 0);
     float bound = 1.0f / 28.0f, lo = 1, hi = -1;
-    for (size_t i = 0; i < wa->size; i++) lo = wa->data[i] < lo ? wa->data[i] : lo, hi = wa->data[i] > hi ? wa->data[i] : hi;
+    for (size_t i = 0; i < wa->size; i++)
+        lo = wa->data[i] < lo ? wa->data[i] : lo, hi = wa->data[i] > hi ? wa->data[i] : hi;
     CHECK(lo >= -bound && hi <= bound && lo < -0.9f * bound && hi > 0.9f * bound);
     pare_model_free(a), pare_model_free(b), pare_model_free(c);
 }

@@ -15,8 +15,14 @@
  * inside the sqrt with eps = 0.1) is off by 1e-3 or more. */
 #define TOL 2e-6
 
-static float w0(int j) { return (float)(0.5 * sin(0.37 * j + 0.1)); }
-static float gk(int k, int j) { return (float)(0.3 * cos(0.91 * j + 1.7 * k) + 0.05 * (j % 7 - 3) * (k + 1)); }
+static float w0(int j)
+{
+    return (float)(0.5 * sin(0.37 * j + 0.1));
+}
+static float gk(int k, int j)
+{
+    return (float)(0.3 * cos(0.91 * j + 1.7 * k) + 0.05 * (j % 7 - 3) * (k + 1));
+}
 
 static pare_model *tiny(void)
 {
@@ -246,12 +252,12 @@ TEST(adamw_matches_formula)
  * means the order of operations changed. */
 TEST(matches_torch_optim_bitwise)
 {
-    static const float sgd[NP] = {0.230345309f, 0.399217367f, 0.515146792f, 0.524611473f,
+    static const float sgd[NP] = {0.230345309f, 0.399217367f, 0.515146792f,  0.524611473f,
                                   0.424484342f, 0.25628069f,  0.0713352486f, 0.403134555f};
     static const float adam[NP] = {0.0511368848f, 0.230335101f, 0.398621768f, 0.486406684f,
                                    0.502598286f,  0.437854201f, 0.336871535f, 0.219775617f};
-    static const float adam_exp_avg[NP] = {-0.0923327506f, -0.0762085319f,  -0.0445502996f, -0.000145450162f,
-                                           0.0443717614f,  0.0762802809f,   0.0925993547f,  -0.0939587653f};
+    static const float adam_exp_avg[NP] = {-0.0923327506f, -0.0762085319f, -0.0445502996f, -0.000145450162f,
+                                           0.0443717614f,  0.0762802809f,  0.0925993547f,  -0.0939587653f};
     static const float adam_exp_avg_sq[NP] = {0.000684684899f, 0.000391460519f, 0.000158688112f, 0.0001703296f,
                                               0.000257186359f, 0.000325802161f, 0.00040539357f,  0.000690965215f};
     static const float adamw[NP] = {0.0511234999f, 0.230268553f, 0.398507118f, 0.486263484f,
@@ -263,7 +269,8 @@ TEST(matches_torch_optim_bitwise)
     c.nesterov = 1;
     c.weight_decay = 0.01f;
     run(&c, 3, got);
-    for (int j = 0; j < NP; j++) CHECKF(got[2][j] == sgd[j], "SGD %d: %.9g vs torch %.9g", j, (double)got[2][j], (double)sgd[j]);
+    for (int j = 0; j < NP; j++)
+        CHECKF(got[2][j] == sgd[j], "SGD %d: %.9g vs torch %.9g", j, (double)got[2][j], (double)sgd[j]);
     /* torch.optim.Adam(lr=0.01), weights and both moments */
     pare_model *m = tiny();
     pare_optim *o = pare_adam(m, 0.01f);
@@ -368,8 +375,8 @@ TEST(state_accessors)
     float *ea = pare_optim_state(o, 1, "exp_avg"), *eas = pare_optim_state(o, 1, "exp_avg_sq");
     CHECK(ea && eas && ea != eas && pare_optim_state(o, 1, "momentum_buffer") == NULL);
     if (ea && eas) {
-        CHECK_NEAR(ea[0], 0.1 * 2.0, 1e-7);      /* (1 - beta1) g */
-        CHECK_NEAR(eas[3], 0.001 * 4.0, 1e-9);   /* (1 - beta2) g^2 */
+        CHECK_NEAR(ea[0], 0.1 * 2.0, 1e-7);                  /* (1 - beta1) g */
+        CHECK_NEAR(eas[3], 0.001 * 4.0, 1e-9);               /* (1 - beta2) g^2 */
         CHECK(pare_optim_state(o, 0, "exp_avg")[0] == 0.0f); /* fc1.weight had zero grad */
     }
     pare_optim_free(o);

@@ -96,10 +96,19 @@ static pare_optim *sgd_momentum(pare_model *m)
     c.weight_decay = 1e-3f;
     return pare_optim_new(m, &c);
 }
-static pare_optim *adam(pare_model *m) { return pare_adam(m, 1e-2f); }
-static pare_optim *adamw(pare_model *m) { return pare_adamw(m, 1e-2f, 0.1f); }
+static pare_optim *adam(pare_model *m)
+{
+    return pare_adam(m, 1e-2f);
+}
+static pare_optim *adamw(pare_model *m)
+{
+    return pare_adamw(m, 1e-2f, 0.1f);
+}
 
-TEST(prune_masks_stay_zero_through_sgd_momentum) { masks_survive(sgd_momentum); }
+TEST(prune_masks_stay_zero_through_sgd_momentum)
+{
+    masks_survive(sgd_momentum);
+}
 TEST(prune_masks_stay_zero_through_adam_and_adamw)
 {
     masks_survive(adam);
@@ -150,8 +159,10 @@ TEST(prune_magnitude_global_vs_layer)
     fill_random(orig, 2, 0.5f, 1);
     for (size_t j = 0; j < orig->size; j++) {
         float v = fabsf(orig->data[j]);
-        if (pare_prune_mask(b)->data[j] == 0.0f) max_pruned = fmaxf(max_pruned, v);
-        else min_kept = fminf(min_kept, v);
+        if (pare_prune_mask(b)->data[j] == 0.0f)
+            max_pruned = fmaxf(max_pruned, v);
+        else
+            min_kept = fminf(min_kept, v);
     }
     CHECK(max_pruned <= min_kept);
     pare_tensor_free(orig);
@@ -178,8 +189,10 @@ TEST(prune_random_criterion_counts_and_differs_from_magnitude)
     float max_pruned = 0, min_kept = 1e9f;
     for (size_t j = 0; j < ref->layers[0]->weight->size; j++) {
         float v = fabsf(ref->layers[0]->weight->data[j]);
-        if (pare_prune_mask(m->layers[0])->data[j] == 0.0f) max_pruned = fmaxf(max_pruned, v);
-        else min_kept = fminf(min_kept, v);
+        if (pare_prune_mask(m->layers[0])->data[j] == 0.0f)
+            max_pruned = fmaxf(max_pruned, v);
+        else
+            min_kept = fminf(min_kept, v);
     }
     CHECK(max_pruned > min_kept);
     pare_model_free(ref);
@@ -228,8 +241,10 @@ TEST(prune_schedule_agp_matches_the_formula)
     CHECK(pare_prune_schedule_init(&s, PARE_SCHED_AGP, si, sf, t0, t0 + n * dt, dt) == 0);
     for (long t = 0; t <= 800; t += 7) {
         double want;
-        if (t <= t0) want = si;
-        else if (t >= t0 + n * dt) want = sf;
+        if (t <= t0)
+            want = si;
+        else if (t >= t0 + n * dt)
+            want = sf;
         else {
             double r = 1.0 - (double)(t - t0) / (double)(n * dt);
             want = sf + (si - sf) * r * r * r;
@@ -305,7 +320,8 @@ TEST(prune_save_marks_the_file_and_load_rebuilds_masks)
     pare_model *back = pare_prune_load(path, NULL);
     CHECK(back && pare_prune_mask(back->layers[0]) && !pare_prune_mask(back->layers[2]));
     if (back) {
-        CHECK(!memcmp(pare_prune_mask(back->layers[0])->data, pare_prune_mask(m->layers[0])->data, 192 * sizeof(float)));
+        CHECK(
+            !memcmp(pare_prune_mask(back->layers[0])->data, pare_prune_mask(m->layers[0])->data, 192 * sizeof(float)));
         CHECK(!memcmp(back->layers[0]->weight->data, m->layers[0]->weight->data, 192 * sizeof(float)));
         CHECK(pare_prune_layer_stats(back->layers[0]).zeros == 144); /* 75% of fc1 */
     }
@@ -503,9 +519,9 @@ TEST(prune_csr_kernel_equals_dense_kernel)
 {
     csr_matches_dense(128, 1600, 0.1f, 1, 1);
     csr_matches_dense(128, 1600, 0.1f, 5, 2);
-    csr_matches_dense(10, 37, 0.5f, 3, 3);  /* rows shorter than a vector */
-    csr_matches_dense(7, 33, 0.0f, 2, 4);   /* empty */
-    csr_matches_dense(9, 100, 1.0f, 2, 5);  /* dense */
+    csr_matches_dense(10, 37, 0.5f, 3, 3);    /* rows shorter than a vector */
+    csr_matches_dense(7, 33, 0.0f, 2, 4);     /* empty */
+    csr_matches_dense(9, 100, 1.0f, 2, 5);    /* dense */
     csr_matches_dense(3, 70000, 0.05f, 2, 6); /* 32-bit column indices */
     CHECK(pare_csr_from_dense(NULL, 0, 5) == NULL && strstr(pare_error(), "0 x 5"));
 }
@@ -556,7 +572,8 @@ TEST(prune_sparse_file_with_bad_indices_is_refused)
     pare_model *m = pare_sequential("t", pare_linear("fc", 40, 8), NULL);
     m->seed = 1;
     CHECK(pare_build(m, 40, 0, 0) == 0);
-    CHECK(pare_prune_attach(m, NULL) == 0 && pare_prune_select(m, 0.8f, PARE_PRUNE_GLOBAL, PARE_PRUNE_MAGNITUDE, 0) == 0);
+    CHECK(pare_prune_attach(m, NULL) == 0 &&
+          pare_prune_select(m, 0.8f, PARE_PRUNE_GLOBAL, PARE_PRUNE_MAGNITUDE, 0) == 0);
     char path[] = "/tmp/pare_prune_bXXXXXX";
     close(mkstemp(path));
     CHECK(pare_prune_save_sparse(m, path) == 0);

@@ -152,7 +152,8 @@ static float naive_col(const pare_conv_geom *g, const float *x, int row, int col
 
 TEST(im2col_matches_definition_and_col2im_is_its_adjoint)
 {
-    const int geo[][6] = {{1, 5, 5, 3, 1, 0}, {2, 7, 6, 3, 1, 1}, {3, 8, 8, 3, 2, 1}, {2, 9, 7, 2, 3, 2}, {1, 4, 4, 5, 1, 2}};
+    const int geo[][6] = {
+        {1, 5, 5, 3, 1, 0}, {2, 7, 6, 3, 1, 1}, {3, 8, 8, 3, 2, 1}, {2, 9, 7, 2, 3, 2}, {1, 4, 4, 5, 1, 2}};
     pare_rng r;
     pare_rng_seed(&r, 11, PARE_STREAM_TEST);
     for (size_t t = 0; t < sizeof geo / sizeof geo[0]; t++) {
