@@ -220,37 +220,6 @@ int pare_quant_calibrate(pare_ctx *ctx, pare_model *m, const pare_dataset *ds, i
  * layer for anything the int8 runtime cannot run. */
 pare_qmodel *pare_quant_convert(pare_model *m, const pare_quant_config *cfg);
 
-/* ---- dynamic quantization (compress/quant_dynamic.c) ---------------------
- * Linear and Conv2d layers of a float model replaced in place by layer types
- * of kind PARE_CUSTOM ("DynQuantLinear", "DynQuantConv2d"): weights
- * symmetric per output channel ahead of time (pare_quantize_weight_per_channel),
- * and at run time each layer's input is quantized per batch, asymmetric per
- * tensor, from the batch's own min/max (pare_qparams_choose), multiplied in
- * int32 and dequantized to float: y = s_in * s_w[c] * acc + bias[c]. The
- * model keeps running through pare_forward/pare_evaluate in float between
- * these layers (ReLU, pooling, softmax). Inference only (no-grad). */
-#define PARE_DQ_MAX_LIST 64
-typedef struct pare_dq_report {
-    int n_converted, n_float;
-    char converted[PARE_DQ_MAX_LIST][PARE_NAME_MAX];
-    char float_layers[PARE_DQ_MAX_LIST][PARE_NAME_MAX];
-    char reason[PARE_DQ_MAX_LIST][96]; /* why float_layers[i] stayed in float */
-} pare_dq_report;
-/* Converts every Linear and Conv2d of a built model whose kind is in `kinds`
- * (PARE_CONV2D | PARE_LINEAR), bits (2..8) for weights and activations. Layers
- * with parameters that are not converted are listed in report (may be NULL)
- * with the reason. Returns the number converted, -1 with pare_error for a bad
- * argument (the model is then unchanged). */
-int pare_quant_dynamic(pare_model *m, int kinds, int bits, pare_dq_report *report);
-int pare_quant_is_dynamic(const pare_layer *l);
-/* A converted layer's int8 weight ([out][in*k*k], row-major as the float
- * weight), per-channel scales and bits; NULL if l is not converted. */
-const int8_t *pare_quant_dynamic_weight(const pare_layer *l, const float **scales, int *bits);
-/* safetensors with pare.format "int8-dynamic" and pare.arch: int8 weights,
- * float per-channel scales and biases; loading validates every tensor. */
-int pare_quant_dynamic_save(pare_model *m, const char *path);
-pare_model *pare_quant_dynamic_load(const char *path);
-
 /* ---- save / load ---------------------------------------------------------- */
 /* safetensors with pare.format "int8" and pare.arch; no float weights. */
 int pare_qmodel_save(const pare_qmodel *qm, const char *path);
