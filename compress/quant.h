@@ -183,6 +183,12 @@ double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n
  * pare_qlayer_work_bytes(l) bytes, 4-byte aligned (NULL if 0). */
 void pare_qlayer_run(const pare_qlayer *l, const int8_t *in, int8_t *out, int8_t *work);
 size_t pare_qlayer_work_bytes(const pare_qlayer *l);
+/* The portable reference kernels, always built: the fast kernel must give
+ * the same integers (tests compare the two through these entry points). */
+void pare_qlayer_run_reference(const pare_qlayer *l, const int8_t *in, int8_t *out, int8_t *work);
+/* 1 if this build runs conv and linear on the fast x86 kernel (AVX-512
+ * VNNI, chosen at build time), 0 if on the reference. */
+int pare_qkernel_fast(void);
 
 /* ---- static post-training quantization -------------------------------------- */
 typedef enum pare_observer_kind {
@@ -219,6 +225,37 @@ int pare_quant_calibrate(pare_ctx *ctx, pare_model *m, const pare_dataset *ds, i
 /* Converts a calibrated model to int8. NULL with pare_error naming the
  * layer for anything the int8 runtime cannot run. */
 pare_qmodel *pare_quant_convert(pare_model *m, const pare_quant_config *cfg);
+
+/* ---- dynamic quantization (compress/quant_dynamic.c) ---------------------
+ * Linear and Conv2d layers of a float model replaced in place by layer types
+ * of kind PARE_CUSTOM ("DynQuantLinear", "DynQuantConv2d"): weights
+ * symmetric per output channel ahead of time (pare_quantize_weight_per_channel),
+ * and at run time each layer's input is quantized per batch, asymmetric per
+ * tensor, from the batch's own min/max (pare_qparams_choose), multiplied in
+ * int32 and dequantized to float: y = s_in * s_w[c] * acc + bias[c]. The
+ * model keeps running through pare_forward/pare_evaluate in float between
+ * these layers (ReLU, pooling, softmax). Inference only (no-grad). */
+#define PARE_DQ_MAX_LIST 64
+typedef struct pare_dq_report {
+    int n_converted, n_float;
+    char converted[PARE_DQ_MAX_LIST][PARE_NAME_MAX];
+    char float_layers[PARE_DQ_MAX_LIST][PARE_NAME_MAX];
+    char reason[PARE_DQ_MAX_LIST][96]; /* why float_layers[i] stayed in float */
+} pare_dq_report;
+/* Converts every Linear and Conv2d of a built model whose kind is in `kinds`
+ * (PARE_CONV2D | PARE_LINEAR), bits (2..8) for weights and activations. Layers
+ * with parameters that are not converted are listed in report (may be NULL)
+ * with the reason. Returns the number converted, -1 with pare_error for a bad
+ * argument (the model is then unchanged). */
+int pare_quant_dynamic(pare_model *m, int kinds, int bits, pare_dq_report *report);
+int pare_quant_is_dynamic(const pare_layer *l);
+/* A converted layer's int8 weight ([out][in*k*k], row-major as the float
+ * weight), per-channel scales and bits; NULL if l is not converted. */
+const int8_t *pare_quant_dynamic_weight(const pare_layer *l, const float **scales, int *bits);
+/* safetensors with pare.format "int8-dynamic" and pare.arch: int8 weights,
+ * float per-channel scales and biases; loading validates every tensor. */
+int pare_quant_dynamic_save(pare_model *m, const char *path);
+pare_model *pare_quant_dynamic_load(const char *path);
 
 /* ---- save / load ---------------------------------------------------------- */
 /* safetensors with pare.format "int8" and pare.arch; no float weights. */

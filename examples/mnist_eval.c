@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "compress/prune.h"
+#include "compress/quant.h"
 #include "examples/mnist.h"
 #include "nn/safetensors.h"
 
@@ -38,10 +39,13 @@ int mnist_eval(int argc, char **argv)
     file_format(model, format, sizeof format);
     if (!strcmp(format, "int8")) return mnist_eval_int8(model, data, threads, json);
 
-    pare_model *m = pare_prune_load(model, arch);
-    if (m) pare_prune_detach(m); /* no training here: masks as plain zeros, no per-forward multiply */
-    int n_sparse = m ? pare_prune_sparsify(m, NULL, PARE_SPARSE_MIN_DEFAULT) : -1;
-    if (n_sparse < 0) cli_die(NULL);
+    int dynamic = !strcmp(format, "int8-dynamic"), n_sparse = 0;
+    pare_model *m = dynamic ? pare_quant_dynamic_load(model) : pare_prune_load(model, arch);
+    if (m && !dynamic) {
+        pare_prune_detach(m); /* no training here: masks as plain zeros, no per-forward multiply */
+        n_sparse = pare_prune_sparsify(m, NULL, PARE_SPARSE_MIN_DEFAULT);
+    }
+    if (!m || n_sparse < 0) cli_die(NULL);
     pare_dataset *test = cli_load(data, 0);
     pare_ctx *ctx = pare_ctx_new(0);
     pare_loader_config lc = pare_loader_defaults();
@@ -55,6 +59,7 @@ int mnist_eval(int argc, char **argv)
     printf("params     %zu\n", pare_model_param_count(m));
     printf("test acc   %.2f%%  (%d images, loss %.4f)\n", 100 * acc, test->n, loss);
     if (n_sparse) printf("sparse     %d layer(s) run through the CSR kernel\n", n_sparse);
+    if (dynamic) printf("format     int8-dynamic (activations quantized per batch)\n");
     printf("speed      %.0f img/s at batch 256, %.0f us at batch 1, %d threads\n", ips, lat, threads);
     if (json) {
         cli_json j;

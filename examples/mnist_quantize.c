@@ -1,7 +1,9 @@
 /* mnist quantize: static post-training quantization of a saved float model
  * to the integer-only int8 runtime (observers on the first N training
  * images in file order, then convert), measured against the float model in
- * the same run. Dynamic quantization and QAT are not implemented yet. */
+ * the same run; or dynamic quantization (--mode dynamic: Conv2d and Linear
+ * with int8 weights, activations quantized per batch at run time, the rest
+ * in float). QAT is not implemented yet. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,9 +22,12 @@ typedef struct qmeasure {
 static void check_args(const quant_args *a, const char *usage, const cli_opt *opts, int n)
 {
     if (!a->model || !a->out) cli_usage_error(usage, opts, n, "--model and --out are required");
-    if (strcmp(a->mode, "static") != 0)
-        cli_usage_error(usage, opts, n, "--mode %s: only static is implemented so far (dynamic and qat are not)",
-                        a->mode);
+    if (strcmp(a->mode, "static") != 0 && strcmp(a->mode, "dynamic") != 0)
+        cli_usage_error(usage, opts, n, "--mode %s: static and dynamic are implemented (qat is not yet)", a->mode);
+    if (!strcmp(a->mode, "dynamic") && a->act_bits != a->weight_bits)
+        cli_usage_error(usage, opts, n, "--mode dynamic uses one bit width for weights and activations "
+                                        "(--weight-bits %d, --act-bits %d)",
+                        a->weight_bits, a->act_bits);
     if (a->per_tensor) cli_usage_error(usage, opts, n, "--per-tensor is not implemented yet (weights are per channel)");
     if (a->calib < 1) cli_usage_error(usage, opts, n, "--calib-images must be >= 1");
     if (a->weight_bits < 2 || a->weight_bits > 8 || a->act_bits < 2 || a->act_bits > 8)
@@ -88,8 +93,9 @@ static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeas
            base->latency_us);
     printf("%-8s %9.2f%% %12ld %10.0f %10.0f\n", "int8", 100 * q->acc, size, q->img_per_s, q->latency_us);
     printf("accuracy change %+.2f points; size %.1f%% of the float file; %d thread(s) for float, 1 for int8 "
-           "(reference kernel)\n",
-           100 * (q->acc - base->acc), base_size > 0 ? 100.0 * size / base_size : 0, threads);
+           "(%s kernel)\n",
+           100 * (q->acc - base->acc), base_size > 0 ? 100.0 * size / base_size : 0, threads,
+           pare_qkernel_fast() ? "AVX-512 VNNI" : "portable");
     if (!a->json) return;
     char conv[512];
     converted_list(qm, conv, sizeof conv);
@@ -114,13 +120,74 @@ static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeas
     cli_json_end(&j, stdout);
 }
 
+/* ["conv1","fc1"] from a list of names. */
+static void name_list(char (*names)[PARE_NAME_MAX], int n, char *buf, size_t len)
+{
+    size_t at = (size_t)snprintf(buf, len, "[");
+    for (int i = 0; i < n && at < len; i++) at += (size_t)snprintf(buf + at, len - at, "%s\"%s\"", i ? "," : "", names[i]);
+    if (at < len) snprintf(buf + at, len - at, "]");
+}
+
+/* --mode dynamic: converts m in place, saves, and measures it through the
+ * float tooling (pare_evaluate, cli_measure_speed) as the base was. */
+static void quantize_dynamic(const quant_args *a, pare_ctx *ctx, pare_model *m, const pare_dataset *test,
+                             const qmeasure *base, int threads)
+{
+    pare_dq_report r;
+    if (pare_quant_dynamic(m, PARE_CONV2D | PARE_LINEAR, a->weight_bits, &r) < 0) cli_die("dynamic quantization");
+    if (pare_quant_dynamic_save(m, a->out)) cli_die("saving");
+    long base_size = cli_file_size(a->model), size = cli_file_size(a->out);
+    qmeasure q;
+    pare_loader_config lc = pare_loader_defaults();
+    lc.batch = 256;
+    lc.shuffle = 0;
+    pare_loader *ld = pare_loader_new(test, NULL, test->n, &lc);
+    q.acc = pare_evaluate(ctx, m, ld, NULL);
+    pare_loader_free(ld);
+    cli_measure_speed(ctx, m, test, &q.img_per_s, &q.latency_us);
+
+    printf("dynamic int8 quantization of %s: weights %d-bit per channel (symmetric), activations %d-bit per tensor "
+           "(asymmetric) from each batch's own range, int32 accumulation, output dequantized to float\n",
+           a->model, a->weight_bits, a->weight_bits);
+    for (int i = 0; i < r.n_converted; i++) printf("  %s -> dynamic int8\n", r.converted[i]);
+    if (!r.n_float) printf("left in float: none (ReLU, pooling, flatten and softmax run in float between them)\n");
+    for (int i = 0; i < r.n_float; i++) printf("  left in float: %s (%s)\n", r.float_layers[i], r.reason[i]);
+    printf("\n%-8s %10s %12s %10s %10s\n", "model", "test_acc", "size_bytes", "img/s", "us(b=1)");
+    printf("%-8s %9.2f%% %12ld %10.0f %10.0f\n", "float", 100 * base->acc, base_size, base->img_per_s,
+           base->latency_us);
+    printf("%-8s %9.2f%% %12ld %10.0f %10.0f\n", "dyn-int8", 100 * q.acc, size, q.img_per_s, q.latency_us);
+    printf("accuracy change %+.2f points; size %.1f%% of the float file; %d thread(s) for both\n",
+           100 * (q.acc - base->acc), base_size > 0 ? 100.0 * size / base_size : 0, threads);
+    if (!a->json) return;
+    char conv[1024], fl[1024];
+    name_list(r.converted, r.n_converted, conv, sizeof conv);
+    name_list(r.float_layers, r.n_float, fl, sizeof fl);
+    cli_json j;
+    cli_json_begin(&j, "quantize");
+    cli_json_str(&j, "mode", a->mode);
+    cli_json_int(&j, "weight_bits", a->weight_bits);
+    cli_json_int(&j, "act_bits", a->weight_bits);
+    cli_json_num(&j, "test_acc", q.acc);
+    cli_json_num(&j, "base_test_acc", base->acc);
+    cli_json_int(&j, "size_bytes", size);
+    cli_json_int(&j, "base_size_bytes", base_size);
+    cli_json_num(&j, "img_per_s", q.img_per_s);
+    cli_json_num(&j, "base_img_per_s", base->img_per_s);
+    cli_json_num(&j, "latency_us_b1", q.latency_us);
+    cli_json_num(&j, "base_latency_us_b1", base->latency_us);
+    cli_json_raw(&j, "converted", conv);
+    cli_json_raw(&j, "float_layers", fl);
+    cli_json_int(&j, "threads", threads);
+    cli_json_end(&j, stdout);
+}
+
 int mnist_quantize(int argc, char **argv)
 {
     quant_args a = {NULL, NULL, "static", "data/mnist", NULL, "minmax", 1024, 8, 8, 0, 0, 0};
     cli_opt opts[] = {
         {"--model", CLI_STR, &a.model, "float model file (safetensors)"},
         {"--arch", CLI_STR, &a.arch, "architecture, for a file without pare metadata"},
-        {"--mode", CLI_STR, &a.mode, "static (dynamic and qat: not implemented yet)"},
+        {"--mode", CLI_STR, &a.mode, "static or dynamic (qat: not implemented yet)"},
         {"--calib-images", CLI_INT, &a.calib, "calibrate on the first N training images, file order (default 1024)"},
         {"--weight-bits", CLI_INT, &a.weight_bits, "weight bits, 2..8 (default 8; stored one per byte)"},
         {"--act-bits", CLI_INT, &a.act_bits, "activation bits, 2..8 (default 8)"},
@@ -132,7 +199,7 @@ int mnist_quantize(int argc, char **argv)
         {"--json", CLI_FLAG, &a.json, "end stdout with one JSON line"},
     };
     const int n = (int)(sizeof opts / sizeof opts[0]);
-    const char *usage = "mnist quantize --model FILE --mode static [--calib-images 1024] [--weight-bits 8] "
+    const char *usage = "mnist quantize --model FILE --mode static|dynamic [--calib-images 1024] [--weight-bits 8] "
                         "[--act-bits 8] --out FILE [--json]";
     cli_parse(argc, argv, 2, opts, n, usage);
     check_args(&a, usage, opts, n);
@@ -149,6 +216,14 @@ int mnist_quantize(int argc, char **argv)
     base.acc = pare_evaluate(ctx, m, ld, NULL);
     pare_loader_free(ld);
     cli_measure_speed(ctx, m, test, &base.img_per_s, &base.latency_us);
+    if (!strcmp(a.mode, "dynamic")) {
+        quantize_dynamic(&a, ctx, m, test, &base, threads);
+        pare_ctx_free(ctx);
+        pare_dataset_free(train);
+        pare_dataset_free(test);
+        pare_model_free(m);
+        return 0;
+    }
 
     pare_quant_config cfg = pare_quant_defaults();
     cfg.weight_bits = a.weight_bits;
@@ -189,8 +264,8 @@ int mnist_eval_int8(const char *path, const char *data, int threads, int json)
     int8_speed(qm, test, scratch, &q);
     printf("model      %s (int8)\n", path);
     printf("test acc   %.2f%%  (%d images)\n", 100 * q.acc, test->n);
-    printf("speed      %.0f img/s at batch 256, %.0f us at batch 1 (portable int8 kernel, 1 thread)\n", q.img_per_s,
-           q.latency_us);
+    printf("speed      %.0f img/s at batch 256, %.0f us at batch 1 (%s int8 kernel, 1 thread)\n", q.img_per_s,
+           q.latency_us, pare_qkernel_fast() ? "AVX-512 VNNI" : "portable");
     if (json) {
         cli_json j;
         cli_json_begin(&j, "eval");
