@@ -121,7 +121,7 @@ typedef enum pare_qkind { PARE_Q_CONV = 1, PARE_Q_LINEAR, PARE_Q_MAXPOOL, PARE_Q
 typedef struct pare_qlayer {
     pare_qkind kind;
     char name[PARE_NAME_MAX];
-    int in_h, in_w, in_c;   /* input shape (h = w = 1 for a vector) */
+    int in_h, in_w, in_c; /* input shape (h = w = 1 for a vector) */
     int out_h, out_w, out_c;
     int kernel, stride, pad; /* conv, maxpool */
     int relu;                /* a ReLU was fused (it shows as act_min) */
@@ -130,28 +130,28 @@ typedef struct pare_qlayer {
     float in_scale, out_scale;
     /* conv/linear: weight [out_c][kernel][kernel][in_c] or [out_c][in_c] */
     int8_t *weight;
-    int32_t *bias;       /* out_c, scale in_scale * w_scale[c] */
-    int32_t *mult;       /* out_c Q0.31 multipliers */
-    int32_t *shift;      /* out_c shifts */
-    float *w_scale;      /* out_c, kept for inspection and float references */
+    int32_t *bias;  /* out_c, scale in_scale * w_scale[c] */
+    int32_t *mult;  /* out_c Q0.31 multipliers */
+    int32_t *shift; /* out_c shifts */
+    float *w_scale; /* out_c, kept for inspection and float references */
     int weight_bits;
     size_t work_offset; /* set by pare_qmodel_plan: this layer's area in the scratch */
 } pare_qlayer;
 
 #define PARE_QMAX_LAYERS 64
-#define PARE_QMAX_NOTES 64
+#define PARE_QMAX_NOTES  64
 typedef struct pare_qmodel {
     char arch[PARE_NAME_MAX];
     int n_layers;
     pare_qlayer layers[PARE_QMAX_LAYERS];
-    int in_c, in_h, in_w;     /* the float model's input, NCHW */
-    float in_scale;           /* the int8 input's parameters */
+    int in_c, in_h, in_w; /* the float model's input, NCHW */
+    float in_scale;       /* the int8 input's parameters */
     int32_t in_zp;
-    int n_out;                /* outputs per sample */
+    int n_out; /* outputs per sample */
     float out_scale;
     int32_t out_zp;
-    size_t scratch_bytes;     /* per call of pare_qmodel_forward*, any batch */
-    size_t act_bytes;         /* one activation buffer within it */
+    size_t scratch_bytes; /* per call of pare_qmodel_forward*, any batch */
+    size_t act_bytes;     /* one activation buffer within it */
     /* What conversion did with every float layer, for the report:
      * "conv1: Conv2d + ReLU -> int8 conv", "LogSoftmax: dropped (...)". */
     int n_notes;
@@ -177,8 +177,7 @@ int pare_qmodel_forward_float(const pare_qmodel *qm, const float *in, int n, flo
  * normalized with MNIST's mean and std as the float model's loader does,
  * in batches of 256 through the caller's scratch (it allocates two float
  * staging buffers of a batch). -1 with pare_error. */
-double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n, void *scratch,
-                            size_t scratch_bytes);
+double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n, void *scratch, size_t scratch_bytes);
 /* One layer on one sample (exposed for tests); work holds
  * pare_qlayer_work_bytes(l) bytes, 4-byte aligned (NULL if 0). */
 void pare_qlayer_run(const pare_qlayer *l, const int8_t *in, int8_t *out, int8_t *work);
@@ -204,10 +203,10 @@ typedef struct pare_observer {
 } pare_observer;
 
 typedef struct pare_quant_config {
-    int weight_bits;            /* 8 */
-    int act_bits;               /* 8 */
+    int weight_bits;             /* 8 */
+    int act_bits;                /* 8 */
     pare_observer_kind observer; /* PARE_OBSERVE_MINMAX */
-    float averaging;            /* 0.01, PyTorch's MovingAverageMinMaxObserver default */
+    float averaging;             /* 0.01, PyTorch's MovingAverageMinMaxObserver default */
 } pare_quant_config;
 pare_quant_config pare_quant_defaults(void);
 

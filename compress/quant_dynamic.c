@@ -27,9 +27,9 @@
 #define DQ_HOOK "dynq"
 
 typedef struct dq_state {
-    int8_t *w;     /* [out][K], K = in (Linear) or in * k * k (Conv2d) */
-    int16_t *w16;  /* the same widened once: the kernels' dot products are int16 x int16 (pmaddwd) */
-    float *scale;  /* out */
+    int8_t *w;    /* [out][K], K = in (Linear) or in * k * k (Conv2d) */
+    int16_t *w16; /* the same widened once: the kernels' dot products are int16 x int16 (pmaddwd) */
+    float *scale; /* out */
     int rows, cols, bits;
     const pare_layer_type *dense; /* the replaced type: its shape rule, and the architecture JSON */
     pare_layer_kind dense_kind;
@@ -331,7 +331,8 @@ static pare_layer *dq_twin(pare_layer *l, int8_t *q, float *scales, int bits)
     s->cols = (int)(l->weight->size / (size_t)s->rows);
     s->bits = bits;
     s->w16 = pare_alloc(l->weight->size * sizeof *s->w16);
-    for (size_t i = 0; i < l->weight->size; i++) s->w16[i] = q[i];
+    for (size_t i = 0; i < l->weight->size; i++)
+        s->w16[i] = (int16_t)q[i]; // NOLINT(bugprone-signed-char-misuse): int8 weights
     s->dense = l->type;
     s->dense_kind = l->kind;
     for (size_t i = 0; i < l->weight->size; i++) l->weight->data[i] = scales[i / (size_t)s->cols] * (float)q[i];
@@ -485,8 +486,8 @@ int pare_quant_dynamic_save(pare_model *m, const char *path)
     for (int i = 0; i < m->n_layers; i++)
         if (pare_quant_is_dynamic(m->layers[i])) b = state_of(m->layers[i])->bits;
     snprintf(bits, sizeof bits, "%d", b);
-    const char *meta[] = {"pare.format", "int8-dynamic", "pare.version", PARE_VERSION, "pare.arch", arch,
-                          "pare.bits",   bits,           NULL};
+    const char *meta[] = {"pare.format", "int8-dynamic", "pare.version", PARE_VERSION, "pare.arch",
+                          arch,          "pare.bits",    bits,           NULL};
     int rc = pare_st_write(path, t, n, meta);
     pare_free(names);
     pare_free(t);
@@ -548,8 +549,8 @@ static pare_model *load_from(const pare_st_file *f)
                     bad = pare_set_error("%s: %s holds %d, outside %d bits", src, name, q[j], bits);
             for (int j = 0; !bad && j < rows; j++)
                 if (!(isfinite(sc[j]) && sc[j] > 0))
-                    bad = pare_set_error("%s: %s[%d] = %g is not a positive finite scale", src, sname, j,
-                                         (double)sc[j]);
+                    bad =
+                        pare_set_error("%s: %s[%d] = %g is not a positive finite scale", src, sname, j, (double)sc[j]);
             if (bad) {
                 pare_free(q);
                 pare_free(sc);

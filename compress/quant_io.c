@@ -11,8 +11,23 @@
 #include "nn/safetensors.h"
 
 #define QFORMAT_VERSION 1
-enum { CFG_KIND, CFG_IN_H, CFG_IN_W, CFG_IN_C, CFG_OUT_C, CFG_KERNEL, CFG_STRIDE, CFG_PAD, CFG_RELU, CFG_IN_ZP,
-       CFG_OUT_ZP, CFG_ACT_MIN, CFG_ACT_MAX, CFG_WBITS, CFG_N };
+enum {
+    CFG_KIND,
+    CFG_IN_H,
+    CFG_IN_W,
+    CFG_IN_C,
+    CFG_OUT_C,
+    CFG_KERNEL,
+    CFG_STRIDE,
+    CFG_PAD,
+    CFG_RELU,
+    CFG_IN_ZP,
+    CFG_OUT_ZP,
+    CFG_ACT_MIN,
+    CFG_ACT_MAX,
+    CFG_WBITS,
+    CFG_N
+};
 enum { MCFG_VERSION, MCFG_LAYERS, MCFG_IN_C, MCFG_IN_H, MCFG_IN_W, MCFG_IN_ZP, MCFG_N };
 
 /* Names of one layer's tensors, built in a fixed buffer. */
@@ -33,7 +48,10 @@ static void layer_names(names *n, int i)
     snprintf(n->meta, sizeof n->meta, "pare.layer%d", i);
 }
 
-static int has_weights(const pare_qlayer *l) { return l->kind == PARE_Q_CONV || l->kind == PARE_Q_LINEAR; }
+static int has_weights(const pare_qlayer *l)
+{
+    return l->kind == PARE_Q_CONV || l->kind == PARE_Q_LINEAR;
+}
 
 static size_t weight_count(const pare_qlayer *l)
 {
@@ -43,9 +61,15 @@ static size_t weight_count(const pare_qlayer *l)
 /* Weights of 4 bits or fewer are stored two a byte: element 2i in the low
  * nibble, 2i + 1 in the high one, two's complement; an odd count leaves the
  * last high nibble 0. */
-static int packed(const pare_qlayer *l) { return l->weight_bits <= 4; }
+static int packed(const pare_qlayer *l)
+{
+    return l->weight_bits <= 4;
+}
 
-static int32_t wmax(const pare_qlayer *l) { return (1 << (l->weight_bits - 1)) - 1; }
+static int32_t wmax(const pare_qlayer *l)
+{
+    return (1 << (l->weight_bits - 1)) - 1;
+}
 
 static int pack4(const pare_qlayer *l, uint8_t *dst)
 {
@@ -109,8 +133,8 @@ int pare_qmodel_save(const pare_qmodel *qm, const char *path)
     for (int i = 0; i < n; i++) {
         const pare_qlayer *l = &qm->layers[i];
         int32_t *c = cfg + (size_t)i * CFG_N;
-        int32_t v[CFG_N] = {l->kind, l->in_h, l->in_w, l->in_c, l->out_c, l->kernel, l->stride, l->pad,
-                            l->relu, l->in_zp, l->out_zp, l->act_min, l->act_max, l->weight_bits};
+        int32_t v[CFG_N] = {l->kind, l->in_h, l->in_w,  l->in_c,   l->out_c,   l->kernel,  l->stride,
+                            l->pad,  l->relu, l->in_zp, l->out_zp, l->act_min, l->act_max, l->weight_bits};
         memcpy(c, v, sizeof v);
         sc[2 * i] = l->in_scale;
         sc[2 * i + 1] = l->out_scale;
@@ -167,7 +191,8 @@ static int load_config(pare_qlayer *l, const int32_t *c, int i)
     if (c[CFG_KIND] < PARE_Q_CONV || c[CFG_KIND] > PARE_Q_FLATTEN)
         return pare_set_error("int8 layer %d: unknown kind %d", i, (int)c[CFG_KIND]);
     for (int k = CFG_IN_H; k <= CFG_PAD; k++)
-        if (c[k] < 0 || c[k] > (1 << 14)) return pare_set_error("int8 layer %d: field %d = %d is out of range", i, k, (int)c[k]);
+        if (c[k] < 0 || c[k] > (1 << 14))
+            return pare_set_error("int8 layer %d: field %d = %d is out of range", i, k, (int)c[k]);
     int weighted = c[CFG_KIND] == PARE_Q_CONV || c[CFG_KIND] == PARE_Q_LINEAR;
     if (c[CFG_WBITS] < (weighted ? 2 : 0) || c[CFG_WBITS] > 8)
         return pare_set_error("int8 layer %d: weight bits %d", i, (int)c[CFG_WBITS]);
@@ -272,7 +297,8 @@ static pare_qmodel *from_file(const pare_st_file *f)
     qm->in_zp = mc[MCFG_IN_ZP];
     int one = 1, bad_shape = qm->in_c < 1 || qm->in_h < 0 || qm->in_w < 0 || qm->in_h > (1 << 14) ||
                              qm->in_w > (1 << 14) || (qm->in_h == 0) != (qm->in_w == 0);
-    if (bad_shape) pare_set_error("%s: input shape %dx%dx%d is not valid", pare_st_source(f), qm->in_c, qm->in_h, qm->in_w);
+    if (bad_shape)
+        pare_set_error("%s: input shape %dx%dx%d is not valid", pare_st_source(f), qm->in_c, qm->in_h, qm->in_w);
     if (bad_shape || pare_st_read(f, "model.input_scale", PARE_ST_F32, 1, &one, &qm->in_scale)) goto fail;
     for (int i = 0; i < qm->n_layers; i++)
         if (load_layer(f, qm, i)) goto fail;

@@ -45,7 +45,7 @@ int pare_qparams_choose(float min, float max, int bits, int symmetric, pare_qpar
 int32_t pare_quantize_value(float x, const pare_qparams *p)
 {
     double q = round((double)x / p->scale) + p->zero_point; /* half away from zero */
-    if (!(q >= p->qmin)) return p->qmin; /* NaN goes to qmin too */
+    if (!(q >= p->qmin)) return p->qmin;                    /* NaN goes to qmin too */
     if (q > p->qmax) return p->qmax;
     return (int32_t)q;
 }
@@ -92,4 +92,3 @@ int pare_quantize_multiplier(double real, int32_t *m, int *shift)
     *shift = e;
     return 0;
 }
-

@@ -40,7 +40,10 @@ static pare_tensor *observe(pare_ctx *ctx, pare_hook *self, pare_layer *layer, p
     return t; /* watches only */
 }
 
-static void observer_destroy(pare_hook *self) { pare_free(self); }
+static void observer_destroy(pare_hook *self)
+{
+    pare_free(self);
+}
 
 static int add_observer(pare_hook_chain *chain, const pare_quant_config *cfg)
 {
@@ -128,7 +131,7 @@ typedef struct convert_state {
     pare_qmodel *qm;
     pare_model *m;
     const pare_quant_config *cfg;
-    int h, w, c;          /* current int8 activation, NHWC */
+    int h, w, c; /* current int8 activation, NHWC */
     float scale;
     int32_t zp;
     int pre_h, pre_w, pre_c; /* the CHW shape a Flatten flattened, for the next Linear */
@@ -151,7 +154,10 @@ static void note(pare_qmodel *qm, const char *fmt, const char *a, const char *b)
     qm->notes[qm->n_notes++][sizeof qm->notes[0] - 1] = 0;
 }
 
-static const char *layer_label(const pare_layer *l) { return l->name[0] ? l->name : l->type->type_name; }
+static const char *layer_label(const pare_layer *l)
+{
+    return l->name[0] ? l->name : l->type->type_name;
+}
 
 static int act_params(convert_state *s, int index, pare_qparams *p)
 {
@@ -294,8 +300,10 @@ static int convert_one(convert_state *s, int i)
     char name[PARE_NAME_MAX];
     snprintf(name, sizeof name, "%s%d", l->kind == PARE_MAXPOOL2D ? "maxpool" : "flatten", i);
     switch (l->kind) {
-    case PARE_CONV2D: return convert_conv(s, i);
-    case PARE_LINEAR: return convert_linear(s, i);
+    case PARE_CONV2D:
+        return convert_conv(s, i);
+    case PARE_LINEAR:
+        return convert_linear(s, i);
     case PARE_MAXPOOL2D: {
         pare_qlayer *q = new_qlayer(s, PARE_Q_MAXPOOL, name);
         if (!q) return -1;
@@ -335,12 +343,12 @@ static int convert_one(convert_state *s, int i)
     case PARE_SOFTMAX:
     case PARE_LOG_SOFTMAX:
         if (i == s->m->n_layers - 1) {
-            note(s->qm, "%s: dropped (argmax unchanged; the int8 model outputs logits)%s", l->type->type_name,
-                 "");
+            note(s->qm, "%s: dropped (argmax unchanged; the int8 model outputs logits)%s", l->type->type_name, "");
             return 1;
         }
         break;
-    default: break;
+    default:
+        break;
     }
     return pare_set_error("convert: layer %d (%s, %s) has no int8 kernel here; the int8 runtime runs Conv2d, "
                           "Linear, ReLU, MaxPool2d, Flatten, Dropout and a final (Log)Softmax",

@@ -20,7 +20,10 @@
 #define QMAX_DIM    (1 << 14)
 #define QMAX_VALUES (1 << 26)
 
-static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+static size_t align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
 
 void pare_qmodel_free(pare_qmodel *qm)
 {
@@ -36,12 +39,14 @@ void pare_qmodel_free(pare_qmodel *qm)
     pare_free(qm);
 }
 
-static int in_int8(int32_t v) { return v >= -128 && v <= 127; }
+static int in_int8(int32_t v)
+{
+    return v >= -128 && v <= 127;
+}
 
 static int check_dims(const pare_qlayer *l, const char *what, int h, int w, int c)
 {
-    if (h < 1 || w < 1 || c < 1 || h > QMAX_DIM || w > QMAX_DIM || c > QMAX_DIM ||
-        (long long)h * w * c > QMAX_VALUES)
+    if (h < 1 || w < 1 || c < 1 || h > QMAX_DIM || w > QMAX_DIM || c > QMAX_DIM || (long long)h * w * c > QMAX_VALUES)
         return pare_set_error("int8 layer %s: %s shape %dx%dx%d is out of range", l->name, what, h, w, c);
     return 0;
 }
@@ -52,12 +57,11 @@ static int check_channels(const pare_qlayer *l, long long dot)
     if (!l->weight || !l->bias || !l->mult || !l->shift)
         return pare_set_error("int8 layer %s: weights, bias or multipliers missing", l->name);
     if (dot > QMAX_DOT)
-        return pare_set_error("int8 layer %s: %lld terms per output exceed the int32 accumulator's %d", l->name,
-                              dot, QMAX_DOT);
+        return pare_set_error("int8 layer %s: %lld terms per output exceed the int32 accumulator's %d", l->name, dot,
+                              QMAX_DOT);
     for (int c = 0; c < l->out_c; c++) {
         if (l->bias[c] > QMAX_BIAS || l->bias[c] < -QMAX_BIAS)
-            return pare_set_error("int8 layer %s: bias %d of channel %d is out of range", l->name,
-                                  (int)l->bias[c], c);
+            return pare_set_error("int8 layer %s: bias %d of channel %d is out of range", l->name, (int)l->bias[c], c);
         if (l->mult[c] < 0 || l->shift[c] < -31 || l->shift[c] > 30)
             return pare_set_error("int8 layer %s: multiplier %d shift %d of channel %d is out of range", l->name,
                                   (int)l->mult[c], (int)l->shift[c], c);
@@ -74,17 +78,15 @@ static int plan_layer(pare_qlayer *l)
     switch (l->kind) {
     case PARE_Q_CONV:
     case PARE_Q_MAXPOOL: {
-        if (l->kernel < 1 || l->stride < 1 || l->pad < 0 || l->kernel > 64 || l->stride > 64 ||
-            l->pad >= l->kernel)
-            return pare_set_error("int8 layer %s: kernel %d, stride %d, padding %d are not valid", l->name,
-                                  l->kernel, l->stride, l->pad);
+        if (l->kernel < 1 || l->stride < 1 || l->pad < 0 || l->kernel > 64 || l->stride > 64 || l->pad >= l->kernel)
+            return pare_set_error("int8 layer %s: kernel %d, stride %d, padding %d are not valid", l->name, l->kernel,
+                                  l->stride, l->pad);
         if (l->kind == PARE_Q_MAXPOOL && (l->pad || l->in_zp != l->out_zp || l->in_scale != l->out_scale))
             return pare_set_error("int8 layer %s: max pooling keeps its input's quantization", l->name);
         long long oh = ((long long)l->in_h + 2 * l->pad - l->kernel) / l->stride + 1;
         long long ow = ((long long)l->in_w + 2 * l->pad - l->kernel) / l->stride + 1;
         if (l->in_h + 2 * l->pad < l->kernel || l->in_w + 2 * l->pad < l->kernel)
-            return pare_set_error("int8 layer %s: the window does not fit the %dx%d input", l->name, l->in_h,
-                                  l->in_w);
+            return pare_set_error("int8 layer %s: the window does not fit the %dx%d input", l->name, l->in_h, l->in_w);
         l->out_h = (int)oh;
         l->out_w = (int)ow;
         if (l->kind == PARE_Q_MAXPOOL) l->out_c = l->in_c;
@@ -94,8 +96,8 @@ static int plan_layer(pare_qlayer *l)
     }
     case PARE_Q_LINEAR:
         if (l->in_h != 1 || l->in_w != 1)
-            return pare_set_error("int8 layer %s: a linear layer needs a flat input, got %dx%dx%d", l->name,
-                                  l->in_h, l->in_w, l->in_c);
+            return pare_set_error("int8 layer %s: a linear layer needs a flat input, got %dx%dx%d", l->name, l->in_h,
+                                  l->in_w, l->in_c);
         l->out_h = l->out_w = 1;
         if (check_dims(l, "output", 1, 1, l->out_c)) return -1;
         return check_channels(l, l->in_c);
@@ -293,8 +295,8 @@ static void conv_panel(const pare_qlayer *l, const int8_t *in, uint8_t *panel, c
 
 /* QROWS pixels x nb blocks of 16 channels over all of K; nb is a constant
  * at every call, so the arrays live in registers. */
-static inline __attribute__((always_inline)) void conv_tile(const uint8_t *a, size_t kp, const int8_t *w,
-                                                            size_t kg_n, const int32_t *cb, int32_t *out, int nb)
+static inline __attribute__((always_inline)) void conv_tile(const uint8_t *a, size_t kp, const int8_t *w, size_t kg_n,
+                                                            const int32_t *cb, int32_t *out, int nb)
 {
     __m512i acc[QROWS][QBLK];
     for (int b = 0; b < nb; b++) {
@@ -424,10 +426,18 @@ static void conv_fast(const pare_qlayer *l, const int8_t *in, int8_t *out, int8_
             int nb = g.ob - b < QBLK ? (int)(g.ob - b) : QBLK;
             const int8_t *w = wp + b * g.kg * 64;
             switch (nb) {
-            case 4: conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 4); break;
-            case 3: conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 3); break;
-            case 2: conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 2); break;
-            default: conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 1); break;
+            case 4:
+                conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 4);
+                break;
+            case 3:
+                conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 3);
+                break;
+            case 2:
+                conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 2);
+                break;
+            default:
+                conv_tile(a, g.kp, w, g.kg, cb + b * 16, tile, 1);
+                break;
             }
             size_t c0 = b * 16, nc = oc - c0 < (size_t)nb * 16 ? oc - c0 : (size_t)nb * 16;
             requant_rows(l, qc, tile, rows, c0, nc, out + p * oc + c0);
@@ -509,7 +519,10 @@ size_t pare_qlayer_work_bytes(const pare_qlayer *l)
     return n;
 }
 
-static int8_t *conv_wt(const pare_qlayer *l, int8_t *work) { return work + align64(padded_bytes(l)); }
+static int8_t *conv_wt(const pare_qlayer *l, int8_t *work)
+{
+    return work + align64(padded_bytes(l));
+}
 
 /* OHWI -> HWIO, so that one input value meets all output channels' weights
  * in one contiguous run. */
@@ -599,9 +612,15 @@ void pare_qlayer_run_reference(const pare_qlayer *l, const int8_t *in, int8_t *o
         transpose_weights(l, work);
         conv_core(l, in, out, work);
         break;
-    case PARE_Q_LINEAR: linear_run(l, in, out); break;
-    case PARE_Q_MAXPOOL: maxpool_run(l, in, out); break;
-    case PARE_Q_FLATTEN: memmove(out, in, (size_t)l->out_c); break; /* NHWC order is already flat */
+    case PARE_Q_LINEAR:
+        linear_run(l, in, out);
+        break;
+    case PARE_Q_MAXPOOL:
+        maxpool_run(l, in, out);
+        break;
+    case PARE_Q_FLATTEN:
+        memmove(out, in, (size_t)l->out_c);
+        break; /* NHWC order is already flat */
     }
 }
 
@@ -740,8 +759,7 @@ int pare_qmodel_forward_float(const pare_qmodel *qm, const float *in, int n, flo
     return 0;
 }
 
-double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n, void *scratch,
-                            size_t scratch_bytes)
+double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n, void *scratch, size_t scratch_bytes)
 {
     int per = ds->rows * ds->cols;
     const pare_qlayer *first = &qm->layers[0];
@@ -752,7 +770,8 @@ double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n
     if (n <= 0 || n > ds->n) n = ds->n;
     if (n == 0) return pare_set_error("int8 evaluation: the dataset is empty");
     enum { BATCH = 256 };
-    float *x = pare_alloc((size_t)BATCH * per * sizeof(float)), *y = pare_alloc((size_t)BATCH * qm->n_out * sizeof(float));
+    float *x = pare_alloc((size_t)BATCH * per * sizeof(float)),
+          *y = pare_alloc((size_t)BATCH * qm->n_out * sizeof(float));
     long right = 0;
     for (int s = 0; s < n; s += BATCH) {
         int b = n - s < BATCH ? n - s : BATCH;

@@ -25,8 +25,9 @@ static void check_args(const quant_args *a, const char *usage, const cli_opt *op
     if (strcmp(a->mode, "static") != 0 && strcmp(a->mode, "dynamic") != 0)
         cli_usage_error(usage, opts, n, "--mode %s: static and dynamic are implemented (qat is not yet)", a->mode);
     if (!strcmp(a->mode, "dynamic") && a->act_bits != a->weight_bits)
-        cli_usage_error(usage, opts, n, "--mode dynamic uses one bit width for weights and activations "
-                                        "(--weight-bits %d, --act-bits %d)",
+        cli_usage_error(usage, opts, n,
+                        "--mode dynamic uses one bit width for weights and activations "
+                        "(--weight-bits %d, --act-bits %d)",
                         a->weight_bits, a->act_bits);
     if (a->per_tensor) cli_usage_error(usage, opts, n, "--per-tensor is not implemented yet (weights are per channel)");
     if (a->calib < 1) cli_usage_error(usage, opts, n, "--calib-images must be >= 1");
@@ -124,7 +125,8 @@ static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeas
 static void name_list(char (*names)[PARE_NAME_MAX], int n, char *buf, size_t len)
 {
     size_t at = (size_t)snprintf(buf, len, "[");
-    for (int i = 0; i < n && at < len; i++) at += (size_t)snprintf(buf + at, len - at, "%s\"%s\"", i ? "," : "", names[i]);
+    for (int i = 0; i < n && at < len; i++)
+        at += (size_t)snprintf(buf + at, len - at, "%s\"%s\"", i ? "," : "", names[i]);
     if (at < len) snprintf(buf + at, len - at, "]");
 }
 

@@ -51,8 +51,8 @@ TEST(quant_roundtrip_error_bound)
             int32_t q = pare_quantize_value(x, &p);
             CHECK(q >= p.qmin && q <= p.qmax);
             if (x >= lo && x <= hi)
-                CHECKF(fabsf(pare_dequantize_value(q, &p) - x) <= p.scale * 0.5f * 1.0001f, "x %g q %d scale %g", x,
-                       q, p.scale);
+                CHECKF(fabsf(pare_dequantize_value(q, &p) - x) <= p.scale * 0.5f * 1.0001f, "x %g q %d scale %g", x, q,
+                       p.scale);
             if (sym) CHECK(pare_quantize_value(-x, &p) == -q);
         }
         CHECK(pare_quantize_value(1e30f, &p) == p.qmax && pare_quantize_value(-1e30f, &p) == p.qmin);
@@ -73,13 +73,17 @@ TEST(quant_weight_per_channel_keeps_zeros)
     CHECK(q[2] == -127 && q[13] == 127 && q[14] == -127);
     CHECK(s[1] == 1.0f);
     CHECK_NEAR(s[0], 1.0 / 127, 1e-7);
-    CHECK(pare_quantize_weight_per_channel(w, 3, 5, 4, q, s) == 0 && q[2] == -7 && q[4] == 2 && q[0] == 0); /* 0.25 * 7 = 1.75 */
+    CHECK(pare_quantize_weight_per_channel(w, 3, 5, 4, q, s) == 0 && q[2] == -7 && q[4] == 2 &&
+          q[0] == 0); /* 0.25 * 7 = 1.75 */
     w[3] = NAN;
     CHECK(pare_quantize_weight_per_channel(w, 3, 5, 8, q, s) == -1);
 }
 
 /* Exact references in 64-bit integers. */
-static int64_t floor_div(int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1) / d); }
+static int64_t floor_div(int64_t a, int64_t d)
+{
+    return a >= 0 ? a / d : -((-a + d - 1) / d);
+}
 static int32_t ref_srdhm(int32_t a, int32_t b)
 {
     int64_t v = floor_div((int64_t)a * b + ((int64_t)1 << 30), (int64_t)1 << 31); /* ties toward +inf */
@@ -92,16 +96,33 @@ static int32_t ref_rdbpot(int32_t x, int e)
     return (int32_t)(x < 0 ? -q : q);
 }
 
-static const int32_t edges[] = {0, 1, -1, 2, -2, 3, -3, 1 << 30, -(1 << 30), (1 << 30) + 1, -(1 << 30) - 1,
-                                INT32_MAX, INT32_MIN, INT32_MAX - 1, INT32_MIN + 1, 46341, -46341, 65536, -65536};
+static const int32_t edges[] = {0,
+                                1,
+                                -1,
+                                2,
+                                -2,
+                                3,
+                                -3,
+                                1 << 30,
+                                -(1 << 30),
+                                (1 << 30) + 1,
+                                -(1 << 30) - 1,
+                                INT32_MAX,
+                                INT32_MIN,
+                                INT32_MAX - 1,
+                                INT32_MIN + 1,
+                                46341,
+                                -46341,
+                                65536,
+                                -65536};
 #define N_EDGES ((int)(sizeof edges / sizeof edges[0]))
 
 TEST(quant_srdhm_exact)
 {
     CHECK(pare_srdhm(INT32_MIN, INT32_MIN) == INT32_MAX);
     CHECK(pare_srdhm(INT32_MIN, INT32_MAX) == -INT32_MAX);
-    CHECK(pare_srdhm(1 << 30, 1) == 1);     /* 0.5 -> 1 */
-    CHECK(pare_srdhm(-(1 << 30), 1) == 0);  /* -0.5 -> 0: ties toward +inf, as gemmlowp */
+    CHECK(pare_srdhm(1 << 30, 1) == 1);    /* 0.5 -> 1 */
+    CHECK(pare_srdhm(-(1 << 30), 1) == 0); /* -0.5 -> 0: ties toward +inf, as gemmlowp */
     CHECK(pare_srdhm(-(1 << 30) - 1, 1) == -1);
     int bad = 0;
     for (int i = 0; i < N_EDGES; i++)
@@ -174,7 +195,10 @@ TEST(quant_multiplier)
 }
 
 /* ---- int8 layers against float computations of the same integers ---------- */
-static int8_t rand_i8(pare_rng *r, int lo, int hi) { return (int8_t)(lo + (int)pare_rng_below(r, (uint64_t)(hi - lo + 1))); }
+static int8_t rand_i8(pare_rng *r, int lo, int hi)
+{
+    return (int8_t)(lo + (int)pare_rng_below(r, (uint64_t)(hi - lo + 1)));
+}
 
 /* Fills weights, biases and multipliers of a conv/linear layer with K terms per output. */
 static void fill_layer(pare_qlayer *l, int k_terms, pare_rng *r)
@@ -385,10 +409,10 @@ static pare_dataset *synthetic(int n, int side, uint64_t seed)
 
 static pare_model *small_cnn(void)
 {
-    pare_model *m = pare_sequential("tiny", pare_conv2d_ex("c1", 1, 6, 3, 1, 1, 1), pare_relu(), pare_maxpool2d(2),
-                                    pare_conv2d("c2", 6, 5, 3), pare_relu(), pare_flatten(),
-                                    pare_linear("f1", 5 * 2 * 2, 16), pare_relu(), pare_dropout(0.5f),
-                                    pare_linear("f2", 16, 10), pare_log_softmax(), NULL);
+    pare_model *m =
+        pare_sequential("tiny", pare_conv2d_ex("c1", 1, 6, 3, 1, 1, 1), pare_relu(), pare_maxpool2d(2),
+                        pare_conv2d("c2", 6, 5, 3), pare_relu(), pare_flatten(), pare_linear("f1", 5 * 2 * 2, 16),
+                        pare_relu(), pare_dropout(0.5f), pare_linear("f2", 16, 10), pare_log_softmax(), NULL);
     m->seed = 7;
     CHECKF(pare_build(m, 1, 8, 8) == 0, "%s", pare_error());
     return m;
@@ -433,7 +457,7 @@ TEST(quant_static_ptq_small_model)
     CHECK(qm->layers[4].relu && !qm->layers[5].relu && qm->layers[5].act_min == -128);
     int dropped = 0;
     for (int i = 0; i < qm->n_notes; i++) dropped += strstr(qm->notes[i], "dropped") != NULL;
-    CHECK(dropped == 2); /* Dropout and LogSoftmax */
+    CHECK(dropped == 2);                                                 /* Dropout and LogSoftmax */
     for (int i = 0; i < 54; i += 3) CHECK(qm->layers[0].weight[i] == 0); /* OHWI = OIHW for one input channel */
     for (int i = 0; i < 160; i += 4) CHECK(qm->layers[5].weight[i] == 0);
     for (int i = 0; i < qm->layers[4].out_c * qm->layers[4].in_c; i++)
@@ -487,7 +511,8 @@ TEST(quant_static_ptq_small_model)
     pare_qmodel *back = pare_qmodel_load(path);
     CHECKF(back != NULL, "%s", pare_error());
     if (back) {
-        CHECK(back->n_layers == qm->n_layers && back->scratch_bytes == qm->scratch_bytes && strcmp(back->arch, "tiny") == 0);
+        CHECK(back->n_layers == qm->n_layers && back->scratch_bytes == qm->scratch_bytes &&
+              strcmp(back->arch, "tiny") == 0);
         CHECK(strcmp(back->layers[0].name, "c1") == 0);
         float *again = pare_alloc((size_t)n * 10 * sizeof(float));
         CHECK(pare_qmodel_forward_float(back, in, n, again, scratch, qm->scratch_bytes) == 0);
@@ -690,8 +715,10 @@ TEST(quant_convert_uses_masked_weights)
     if (qm) {
         int zeros = 0, nonzero_elsewhere = 0;
         for (int i = 0; i < 24; i++) {
-            if (i % 3 == 0) zeros += qm->layers[0].weight[i] == 0;
-            else nonzero_elsewhere += qm->layers[0].weight[i] != 0;
+            if (i % 3 == 0)
+                zeros += qm->layers[0].weight[i] == 0;
+            else
+                nonzero_elsewhere += qm->layers[0].weight[i] != 0;
         }
         CHECK(zeros == 8 && nonzero_elsewhere > 8);
         pare_qmodel_free(qm);

@@ -127,10 +127,10 @@ TEST(dynq_conv_stride2_pad1_matches_float_of_quantized)
 
 static pare_model *small_cnn(void)
 {
-    pare_model *m = pare_sequential("tiny", pare_conv2d_ex("c1", 1, 6, 3, 1, 1, 1), pare_relu(), pare_maxpool2d(2),
-                                    pare_conv2d("c2", 6, 5, 3), pare_relu(), pare_flatten(),
-                                    pare_linear("f1", 5 * 2 * 2, 16), pare_relu(), pare_linear("f2", 16, 10),
-                                    pare_log_softmax(), NULL);
+    pare_model *m =
+        pare_sequential("tiny", pare_conv2d_ex("c1", 1, 6, 3, 1, 1, 1), pare_relu(), pare_maxpool2d(2),
+                        pare_conv2d("c2", 6, 5, 3), pare_relu(), pare_flatten(), pare_linear("f1", 5 * 2 * 2, 16),
+                        pare_relu(), pare_linear("f2", 16, 10), pare_log_softmax(), NULL);
     m->seed = 7;
     CHECK(pare_build(m, 1, 8, 8) == 0);
     return m;
@@ -169,8 +169,8 @@ TEST(dynq_argmax_agrees_with_float)
     for (int i = 0; i < N; i++)
         for (int p = 0; p < 64; p++) {
             int cx = i % 5, cy = (i / 5) % 5, px = p % 8, py = p / 8;
-            x[i * 64 + p] = (px >= cx && px < cx + 3 && py >= cy && py < cy + 3 ? 2.5f : -0.4f) +
-                            pare_rng_range(&r, -0.2f, 0.2f);
+            x[i * 64 + p] =
+                (px >= cx && px < cx + 3 && py >= cy && py < cy + 3 ? 2.5f : -0.4f) + pare_rng_range(&r, -0.2f, 0.2f);
         }
     int shape[4] = {N, 1, 8, 8};
     run(ctx, m, 4, shape, x, yf, sizeof yf / sizeof yf[0]);

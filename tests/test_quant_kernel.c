@@ -7,7 +7,10 @@
 #include "compress/quant.h"
 #include "tests/test.h"
 
-static int rnd(pare_rng *r, int lo, int hi) { return lo + (int)pare_rng_below(r, (uint64_t)(hi - lo + 1)); }
+static int rnd(pare_rng *r, int lo, int hi)
+{
+    return lo + (int)pare_rng_below(r, (uint64_t)(hi - lo + 1));
+}
 
 /* Printed once: without VNNI both entry points run the reference, and the
  * comparisons below only check that the public path is the reference. */
@@ -352,12 +355,12 @@ TEST(quant_fast_float_entry_matches_quantize_value)
     CHECKF(pare_qmodel_plan(qm) == 0, "%s", pare_error());
     enum { N = 4, PER = 105 };
     float *x = pare_alloc(N * PER * sizeof(float)), *y = pare_alloc(N * PER * sizeof(float));
-    const float special[] = {NAN, INFINITY, -INFINITY, 1e30f, -1e30f, 0.125f, -0.125f, 0.375f, -0.375f,
-                             31.875f, -31.875f, 32.125f, -31.125f, 0.0f, -0.0f, 0.12499999f, -0.12500001f};
+    const float special[] = {NAN,     INFINITY, -INFINITY, 1e30f,    -1e30f, 0.125f, -0.125f,     0.375f,      -0.375f,
+                             31.875f, -31.875f, 32.125f,   -31.125f, 0.0f,   -0.0f,  0.12499999f, -0.12500001f};
     for (int i = 0; i < N * PER; i++)
         x[i] = i < (int)(sizeof special / sizeof *special) ? special[i]
-               : i % 3 ? 0.125f * (float)rnd(&r, -300, 300) /* ties of scale 0.25 */
-                       : pare_rng_range(&r, -40, 40);
+               : i % 3                                     ? 0.125f * (float)rnd(&r, -300, 300) /* ties of scale 0.25 */
+                                                           : pare_rng_range(&r, -40, 40);
     void *scratch = pare_alloc(qm->scratch_bytes);
     CHECK(pare_qmodel_forward_float(qm, x, N, y, scratch, qm->scratch_bytes) == 0);
     pare_qparams p = {0.25f, -3, -128, 127};
