@@ -1,12 +1,14 @@
 /* The seed's PyTorch snippet, written with pare, line for line as far as C
  * allows. The seed defines SimpleModel and an optimizer but never trains;
- * here it trains on MNIST and is evaluated. Each block quotes the seed line
+ * here it trains on MNIST, is evaluated, then quantized dynamically as the
+ * seed does, and evaluated again. Each block quotes the seed line
  * it mirrors.
  *
  *   build/seed_pytorch [--epochs 1] [--data data/mnist] [--threads T] */
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "compress/quant.h"
 #include "examples/cli.h"
 
 /* class SimpleModel(nn.Module):
@@ -85,6 +87,15 @@ int main(int argc, char **argv)
     lc.shuffle = 0;
     pare_loader *test_loader = pare_loader_new(test, NULL, test->n, &lc);
     printf("test accuracy after %d epoch(s): %.2f%%\n", epochs, 100 * pare_evaluate(ctx, model, test_loader, NULL));
+
+    /* quantized_model = torch.quantization.quantize_dynamic(model, {nn.Linear, nn.Conv2d}, dtype=torch.qint8)
+     * PyTorch 1.13 leaves Conv2d in float here; pare converts both. */
+    pare_dq_report report;
+    if (pare_quant_dynamic(model, PARE_CONV2D | PARE_LINEAR, 8, &report) < 0) cli_die("quantize_dynamic");
+    printf("dynamic int8: %d layer(s) converted (", report.n_converted);
+    for (int i = 0; i < report.n_converted; i++) printf("%s%s", i ? ", " : "", report.converted[i]);
+    printf("), %d left in float; test accuracy %.2f%%\n", report.n_float,
+           100 * pare_evaluate(ctx, model, test_loader, NULL));
 
     pare_loader_free(test_loader);
     pare_loader_free(train_loader);
