@@ -7,7 +7,7 @@
  * running through pare_forward, pare_evaluate and the float tooling. The
  * types are PARE_CUSTOM, as the sparse layers are (compress/sparse_layer.c):
  * nn never fuses them as a dense conv. Their state (int8 weights, scales)
- * lives in a weight hook named "dynq", so the chain frees it with the layer.
+ * lives in the layer's impl slot and is freed with the layer.
  * Conv2d is converted as well as Linear: PyTorch's quantize_dynamic leaves
  * it in float (REFERENCE.md), which is the failure this file exists to fix.
  *
@@ -24,8 +24,6 @@
 #include "nn/json.h"
 #include "nn/safetensors.h"
 
-#define DQ_HOOK "dynq"
-
 typedef struct dq_state {
     int8_t *w;    /* [out][K], K = in (Linear) or in * k * k (Conv2d) */
     int16_t *w16; /* the same widened once: the kernels' dot products are int16 x int16 (pmaddwd) */
@@ -35,26 +33,18 @@ typedef struct dq_state {
     pare_layer_kind dense_kind;
 } dq_state;
 
-static pare_tensor *dq_identity(pare_ctx *ctx, pare_hook *self, pare_layer *l, pare_tensor *w)
+static void dq_destroy(void *impl)
 {
-    (void)ctx, (void)self, (void)l;
-    return w;
-}
-
-static void dq_destroy(pare_hook *self)
-{
-    dq_state *s = self->user;
+    dq_state *s = impl;
     pare_free(s->w);
     pare_free(s->w16);
     pare_free(s->scale);
     pare_free(s);
-    pare_free(self);
 }
 
 static dq_state *state_of(const pare_layer *l)
 {
-    pare_hook *h = pare_hook_find((pare_hook_chain *)&l->weight_hooks, DQ_HOOK);
-    return h ? h->user : NULL;
+    return l->impl;
 }
 
 static int dq_infer(pare_layer *l, int in_ndim, const int *in_shape, int *out_ndim, int *out_shape)
@@ -339,12 +329,8 @@ static pare_layer *dq_twin(pare_layer *l, int8_t *q, float *scales, int bits)
     t->type = l->kind == PARE_CONV2D ? &dq_conv_type : &dq_linear_type;
     t->kind = PARE_CUSTOM;
     memset(&t->weight_hooks, 0, sizeof t->weight_hooks);
-    pare_hook *h = pare_calloc(sizeof *h);
-    snprintf(h->name, sizeof h->name, "%s", DQ_HOOK);
-    h->apply = dq_identity;
-    h->destroy = dq_destroy;
-    h->user = s;
-    pare_hook_add(&t->weight_hooks, h);
+    t->impl = s;
+    t->impl_free = dq_destroy;
     l->weight = l->bias = NULL;
     l->output_hooks.n = 0;
     return t;

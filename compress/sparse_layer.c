@@ -4,9 +4,8 @@
  *
  * The layer types are defined here, not in nn (DESIGN.md: a compression
  * method is a file in compress/): kind PARE_CUSTOM, so nn neither fuses them
- * as a dense conv nor writes them as architecture JSON. The CSR lives in a
- * weight hook named "csr" (hooks are how compress/ attaches state to a layer,
- * and the chain destroys it with the layer); the dense weight and bias stay
+ * as a dense conv nor writes them as architecture JSON. The CSR lives in the
+ * layer's impl slot, freed with the layer; the dense weight and bias stay
  * on the layer, so parameter counts and the shape rules are the dense
  * layer's. There is no backward: with gradients enabled the forward aborts,
  * because fine-tuning belongs to the masked dense model. */
@@ -14,31 +13,21 @@
 
 #include "compress/prune.h"
 
-#define CSR_HOOK "csr"
-
 typedef struct sparse_state {
     pare_csr *a;
     const pare_layer_type *dense; /* the replaced layer's type: its shape rule */
 } sparse_state;
 
-static pare_tensor *csr_identity(pare_ctx *ctx, pare_hook *self, pare_layer *l, pare_tensor *w)
+static void csr_destroy(void *impl)
 {
-    (void)ctx, (void)self, (void)l;
-    return w;
-}
-
-static void csr_destroy(pare_hook *self)
-{
-    sparse_state *s = self->user;
+    sparse_state *s = impl;
     pare_csr_free(s->a);
     pare_free(s);
-    pare_free(self);
 }
 
 static sparse_state *state_of(const pare_layer *l)
 {
-    pare_hook *h = pare_hook_find((pare_hook_chain *)&l->weight_hooks, CSR_HOOK);
-    return h ? h->user : NULL;
+    return l->impl;
 }
 
 static int sparse_infer(pare_layer *l, int in_ndim, const int *in_shape, int *out_ndim, int *out_shape)
@@ -141,12 +130,8 @@ static pare_layer *sparse_twin(pare_layer *l, pare_csr *a)
     t->type = l->kind == PARE_CONV2D ? &sparse_conv_type : &sparse_linear_type;
     t->kind = PARE_CUSTOM;
     memset(&t->weight_hooks, 0, sizeof t->weight_hooks);
-    pare_hook *h = pare_calloc(sizeof *h);
-    snprintf(h->name, sizeof h->name, "%s", CSR_HOOK);
-    h->apply = csr_identity;
-    h->destroy = csr_destroy;
-    h->user = s;
-    pare_hook_add(&t->weight_hooks, h);
+    t->impl = s;
+    t->impl_free = csr_destroy;
     l->weight = l->bias = NULL;
     l->output_hooks.n = 0;
     return t;

@@ -364,5 +364,6 @@ void pare_layer_free(pare_layer *l)
     pare_tensor_free(l->bias);
     pare_tensor_free(l->running_mean);
     pare_tensor_free(l->running_var);
+    if (l->impl_free) l->impl_free(l->impl);
     pare_free(l);
 }

@@ -85,6 +85,10 @@ struct pare_layer {
     int in_ndim, in_shape[3];
     int out_ndim, out_shape[3];
     pare_hook_chain weight_hooks, output_hooks;
+    /* State of a layer type defined outside nn (kind PARE_CUSTOM, such as
+     * compress/'s sparse and dynamic-int8 layers), freed with the layer. */
+    void *impl;
+    void (*impl_free)(void *impl);
 };
 
 struct pare_layer_type {
