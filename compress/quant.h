@@ -60,6 +60,13 @@ float pare_dequantize_value(int32_t q, const pare_qparams *p);
  * channels), one scale a row; q (rows * cols int8) receives the values.
  * -1 with pare_error on a bad width or a non-finite weight. */
 int pare_quantize_weight_per_channel(const float *w, int rows, int cols, int bits, int8_t *q, float *scales);
+/* The same, or with per_tensor one scale for the whole weight (from its
+ * largest magnitude), written to every entry of scales. */
+int pare_quantize_weight(const float *w, int rows, int cols, int bits, int per_tensor, int8_t *q, float *scales);
+/* The symmetric scale of each row of w (per_tensor: of all of it, written to
+ * every row's entry), as pare_quantize_weight chooses it. -1 with pare_error
+ * on a bad width or a non-finite weight. */
+int pare_weight_scales(const float *w, int rows, int cols, int bits, int per_tensor, float *scales);
 
 /* ---- fixed point (gemmlowp / TFLite) ----------------------------------------- */
 /* a * b / 2^31 rounded to nearest, ties toward +infinity (gemmlowp's
@@ -189,7 +196,7 @@ void pare_qlayer_run_reference(const pare_qlayer *l, const int8_t *in, int8_t *o
  * VNNI, chosen at build time), 0 if on the reference. */
 int pare_qkernel_fast(void);
 
-/* ---- static post-training quantization -------------------------------------- */
+/* ---- observers (compress/quant_observer.c) ----------------------------------- */
 typedef enum pare_observer_kind {
     PARE_OBSERVE_MINMAX,     /* the extremes of everything seen */
     PARE_OBSERVE_MOVING_AVG, /* per batch extremes, averaged: min += c (batch_min - min); the first batch sets them */
@@ -198,16 +205,31 @@ typedef enum pare_observer_kind {
 typedef struct pare_observer {
     pare_observer_kind kind;
     float averaging; /* c of the moving average */
-    float min, max;
+    float min, max;  /* the extremes seen (min/max) or their moving average */
     long long count; /* values seen */
 } pare_observer;
 
 typedef struct pare_quant_config {
     int weight_bits;             /* 8 */
     int act_bits;                /* 8 */
+    int per_tensor;              /* 0: weights symmetric per output channel; 1: one scale per weight tensor */
     pare_observer_kind observer; /* PARE_OBSERVE_MINMAX */
     float averaging;             /* 0.01, PyTorch's MovingAverageMinMaxObserver default */
 } pare_quant_config;
+
+/* An observer of cfg's kind. -1 with pare_error for an unknown kind or a bad
+ * constant. */
+int pare_observer_init(pare_observer *o, const pare_quant_config *cfg);
+/* Takes in n values (a batch). */
+void pare_observer_update(pare_observer *o, const float *x, size_t n);
+/* The range to quantize to (before pare_qparams_choose widens it to hold 0).
+ * -1 with pare_error if nothing was seen. */
+int pare_observer_range(const pare_observer *o, float *min, float *max);
+/* Frees what the observer owns (it stays initialized-but-empty no more:
+ * init again to reuse it). */
+void pare_observer_release(pare_observer *o);
+
+/* ---- static post-training quantization -------------------------------------- */
 pare_quant_config pare_quant_defaults(void);
 
 /* Installs observers of cfg's kind (NULL: the defaults), hooks named

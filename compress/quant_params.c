@@ -55,8 +55,9 @@ float pare_dequantize_value(int32_t q, const pare_qparams *p)
     return p->scale * (float)(q - p->zero_point);
 }
 
-int pare_quantize_weight_per_channel(const float *w, int rows, int cols, int bits, int8_t *q, float *scales)
+int pare_weight_scales(const float *w, int rows, int cols, int bits, int per_tensor, float *scales)
 {
+    float all = 0;
     for (int r = 0; r < rows; r++) {
         const float *row = w + (size_t)r * cols;
         float lo = 0, hi = 0;
@@ -68,9 +69,31 @@ int pare_quantize_weight_per_channel(const float *w, int rows, int cols, int bit
         pare_qparams p;
         if (pare_qparams_choose(lo, hi, bits, 1, &p)) return -1;
         scales[r] = p.scale;
-        for (int c = 0; c < cols; c++) q[(size_t)r * cols + c] = (int8_t)pare_quantize_value(row[c], &p);
+        all = fmaxf(all, fmaxf(-lo, hi));
+    }
+    if (per_tensor) {
+        pare_qparams p;
+        if (pare_qparams_choose(-all, all, bits, 1, &p)) return -1;
+        for (int r = 0; r < rows; r++) scales[r] = p.scale;
     }
     return 0;
+}
+
+int pare_quantize_weight(const float *w, int rows, int cols, int bits, int per_tensor, int8_t *q, float *scales)
+{
+    if (pare_weight_scales(w, rows, cols, bits, per_tensor, scales)) return -1;
+    int32_t qmin = 0, qmax = 0;
+    pare_qrange(bits, 1, &qmin, &qmax); /* checked by pare_weight_scales */
+    for (int r = 0; r < rows; r++) {
+        pare_qparams p = {scales[r], 0, qmin, qmax};
+        for (int c = 0; c < cols; c++) q[(size_t)r * cols + c] = (int8_t)pare_quantize_value(w[(size_t)r * cols + c], &p);
+    }
+    return 0;
+}
+
+int pare_quantize_weight_per_channel(const float *w, int rows, int cols, int bits, int8_t *q, float *scales)
+{
+    return pare_quantize_weight(w, rows, cols, bits, 0, q, scales);
 }
 
 int pare_quantize_multiplier(double real, int32_t *m, int *shift)

@@ -18,30 +18,13 @@ static pare_tensor *observe(pare_ctx *ctx, pare_hook *self, pare_layer *layer, p
 {
     (void)ctx;
     (void)layer;
-    pare_observer *o = &((observer_hook *)self)->obs;
-    if (t->size == 0) return t;
-    float lo = INFINITY, hi = -INFINITY;
-    for (size_t i = 0; i < t->size; i++) {
-        float v = t->data[i];
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-    }
-    if (o->kind == PARE_OBSERVE_MOVING_AVG && o->count > 0) {
-        o->min += o->averaging * (lo - o->min);
-        o->max += o->averaging * (hi - o->max);
-    } else if (o->kind == PARE_OBSERVE_MOVING_AVG) {
-        o->min = lo;
-        o->max = hi;
-    } else {
-        o->min = fminf(o->min, lo);
-        o->max = fmaxf(o->max, hi);
-    }
-    o->count += (long long)t->size;
+    pare_observer_update(&((observer_hook *)self)->obs, t->data, t->size);
     return t; /* watches only */
 }
 
 static void observer_destroy(pare_hook *self)
 {
+    pare_observer_release(&((observer_hook *)self)->obs);
     pare_free(self);
 }
 
@@ -49,15 +32,15 @@ static int add_observer(pare_hook_chain *chain, const pare_quant_config *cfg)
 {
     if (pare_hook_find(chain, OBSERVER_NAME)) return 0;
     observer_hook *h = pare_calloc(sizeof *h);
-    h->obs.kind = cfg->observer;
-    h->obs.averaging = cfg->averaging;
+    if (pare_observer_init(&h->obs, cfg)) {
+        pare_free(h);
+        return -1;
+    }
     snprintf(h->hook.name, sizeof h->hook.name, "%s", OBSERVER_NAME);
     h->hook.apply = observe;
     h->hook.destroy = observer_destroy;
-    h->obs.min = INFINITY;
-    h->obs.max = -INFINITY;
     if (pare_hook_add(chain, &h->hook)) {
-        pare_free(h);
+        observer_destroy(&h->hook);
         return -1;
     }
     return 0;
@@ -67,10 +50,9 @@ int pare_quant_prepare(pare_model *m, const pare_quant_config *cfg)
 {
     pare_quant_config def = pare_quant_defaults();
     if (!cfg) cfg = &def;
-    if (cfg->observer != PARE_OBSERVE_MINMAX && cfg->observer != PARE_OBSERVE_MOVING_AVG)
-        return pare_set_error("observer kind %d is not known", (int)cfg->observer);
-    if (cfg->observer == PARE_OBSERVE_MOVING_AVG && !(cfg->averaging > 0 && cfg->averaging <= 1))
-        return pare_set_error("moving-average constant %g: it must be in (0, 1]", (double)cfg->averaging);
+    pare_observer probe; /* the configuration is checked before any hook is added */
+    if (pare_observer_init(&probe, cfg)) return -1;
+    pare_observer_release(&probe);
     if (add_observer(&m->input_hooks, cfg)) return -1;
     for (int i = 0; i < m->n_layers; i++)
         if (add_observer(&m->layers[i]->output_hooks, cfg)) return -1;
@@ -95,7 +77,8 @@ const pare_observer *pare_quant_observer(pare_model *m, int layer)
 
 pare_quant_config pare_quant_defaults(void)
 {
-    pare_quant_config c = {8, 8, PARE_OBSERVE_MINMAX, 0.01f};
+    pare_quant_config c = {.weight_bits = 8, .act_bits = 8, .per_tensor = 0, .observer = PARE_OBSERVE_MINMAX,
+                           .averaging = 0.01f};
     return c;
 }
 
@@ -163,11 +146,13 @@ static int act_params(convert_state *s, int index, pare_qparams *p)
 {
     const pare_observer *o = pare_quant_observer(s->m, index);
     const char *what = index < 0 ? "the input" : layer_label(s->m->layers[index]);
+    float lo, hi;
     if (!o || o->count == 0) {
         pare_set_error("convert: %s was never observed (pare_quant_prepare, then pare_quant_calibrate)", what);
         return -1; /* spelled out so analyzers see that *p is set whenever 0 is returned */
     }
-    return pare_qparams_choose(o->min, o->max, s->cfg->act_bits, 0, p);
+    if (pare_observer_range(o, &lo, &hi)) return -1;
+    return pare_qparams_choose(lo, hi, s->cfg->act_bits, 0, p);
 }
 
 static pare_qlayer *new_qlayer(convert_state *s, pare_qkind kind, const char *name)
@@ -206,7 +191,8 @@ static int quantize_params(convert_state *s, pare_qlayer *q, const float *w, int
     q->mult = pare_alloc((size_t)rows * sizeof(int32_t));
     q->shift = pare_alloc((size_t)rows * sizeof(int32_t));
     q->w_scale = pare_alloc((size_t)rows * sizeof(float));
-    if (pare_quantize_weight_per_channel(w, rows, cols, s->cfg->weight_bits, q->weight, q->w_scale)) return -1;
+    if (pare_quantize_weight(w, rows, cols, s->cfg->weight_bits, s->cfg->per_tensor, q->weight, q->w_scale))
+        return -1;
     q->out_c = rows;
     q->out_scale = out->scale;
     q->out_zp = out->zero_point;
