@@ -5,6 +5,8 @@
 #ifndef PARE_AUTOGRAD_H
 #define PARE_AUTOGRAD_H
 
+#include <math.h>
+#include <stdint.h>
 #include "tensor/tensor.h"
 
 #ifdef __cplusplus
@@ -80,6 +82,27 @@ static inline int pare_wants_grad(const pare_tensor *t)
     return t && t->requires_grad;
 }
 
+/* The quantization rule (compress/quant.h writes it down): x / scale rounded
+ * half away from zero, in double so that every float rounds the same way
+ * wherever it is quantized, plus the zero point, clamped to [qmin, qmax]
+ * (NaN goes to qmin). *in_range (may be NULL) says whether the clamp left the
+ * value alone. */
+static inline int32_t pare_quantize_round(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax,
+                                          int *in_range)
+{
+    double q = round((double)x / scale) + zero_point;
+    int inside = q >= qmin && q <= qmax;
+    if (in_range) *in_range = inside;
+    if (inside) return (int32_t)q;
+    return q > qmax ? qmax : qmin;
+}
+/* Quantize then dequantize: scale * (q - zero_point). */
+static inline float pare_fake_quant_value(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax,
+                                          int *in_range)
+{
+    return scale * (float)(pare_quantize_round(x, scale, zero_point, qmin, qmax, in_range) - zero_point);
+}
+
 /* ---- ops (each in autograd/op_*.c, forward and backward side by side) ---
  * Ops that share a name with a layer constructor of nn/ carry an f_ (as in
  * torch.nn.functional): pare_f_relu(ctx, x) is the op, pare_relu() the layer. */
@@ -117,6 +140,13 @@ pare_tensor *pare_f_avgpool2d(pare_ctx *ctx, pare_tensor *x, int kernel, int str
  * and momentum rule); otherwise uses the running statistics. */
 pare_tensor *pare_f_batchnorm(pare_ctx *ctx, pare_tensor *x, pare_tensor *gamma, pare_tensor *beta, float *running_mean,
                               float *running_var, float momentum, float eps);
+/* Fake quantization (quantize, then dequantize), per tensor (channels = 1)
+ * or per slice of dim 0 (channels = shape[0]: weight rows / output channels),
+ * with scale[c] > 0 and zero_point[c] per channel; backward is the
+ * straight-through estimator (the gradient passes inside the clipping range,
+ * 0 outside). The rounding rule is pare_quantize_round's. */
+pare_tensor *pare_f_fake_quant(pare_ctx *ctx, pare_tensor *x, int channels, const float *scale,
+                               const int32_t *zero_point, int32_t qmin, int32_t qmax);
 /* row-wise over the last dim of [N, K] */
 pare_tensor *pare_f_softmax(pare_ctx *ctx, pare_tensor *x);
 pare_tensor *pare_f_log_softmax(pare_ctx *ctx, pare_tensor *x);

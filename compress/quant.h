@@ -247,6 +247,49 @@ int pare_quant_calibrate(pare_ctx *ctx, pare_model *m, const pare_dataset *ds, i
  * layer for anything the int8 runtime cannot run. */
 pare_qmodel *pare_quant_convert(pare_model *m, const pare_quant_config *cfg);
 
+/* ---- quantization-aware training (compress/quant_qat.c) --------------------
+ * pare_quant_prepare_qat, then the ordinary training loop (pare_fit or one's
+ * own), then pare_quant_convert with the same config: the int8 model computes
+ * with the integers the fake-quant model trained with. */
+/* Folds every BatchNorm2d that directly follows a Conv2d into that conv
+ * (weights scaled per output channel, bias shifted; a bias is created if the
+ * conv had none) with its running statistics, removes the BatchNorm layers
+ * and rebuilds shapes. One line per fold goes to notes (may be NULL).
+ * Returns the number folded, -1 with pare_error. */
+int pare_fold_batchnorm(pare_model *m, char (*notes)[128], int max_notes);
+/* Folds BatchNorm, then installs fake-quant: on every Conv2d/Linear weight
+ * (symmetric, per channel or cfg->per_tensor, cfg->weight_bits; the last
+ * weight hook, after a pruning mask) and on the activations the int8 model
+ * requantizes (the input, each Conv2d/Linear output after its ReLU) through
+ * observers of cfg's kind that learn the range while the model trains and
+ * stay frozen in eval mode (pare_quant_observer finds them). cfg NULL: the
+ * defaults with the moving-average observer (c = 0.01), as PyTorch's QAT.
+ * Build the optimizer afterwards (folding changes the parameters). Returns
+ * the number of BatchNorms folded; -1 with pare_error for a layer the int8
+ * runtime cannot run, naming it (the model is then left without hooks). */
+int pare_quant_prepare_qat(pare_model *m, const pare_quant_config *cfg, char (*notes)[128], int max_notes);
+/* An observer on layer's output (-1: the model input), fake-quantizing it
+ * too if fake_quant (see pare_quant_prepare_qat); none is added if one is
+ * there. -1 with pare_error. */
+int pare_quant_observe_output(pare_model *m, int layer, const pare_quant_config *cfg, int fake_quant);
+/* Turns a layer's weight fake-quant off (0) or on; returns whether it was on
+ * (0 if the layer has none). Conversion turns it off to read the raw weight. */
+int pare_quant_qat_weight_hooks_enable(pare_layer *l, int enabled);
+/* Removes every weight fake-quant (pare_quant_unprepare does this too). */
+void pare_quant_qat_remove_weight_hooks(pare_model *m);
+
+/* How closely an int8 model follows the float (fake-quant) model it came
+ * from, over the first n images of ds (all if n <= 0): images whose argmax
+ * agree, the largest logit difference in units of the int8 output scale,
+ * and the share of logits within one such step. The float model runs up to
+ * its logits (a final (Log)Softmax is skipped), in eval mode, no grad. */
+typedef struct pare_quant_agreement_stats {
+    int images, same_argmax;
+    double max_steps, within_one_step;
+} pare_quant_agreement_stats;
+int pare_quant_agreement(pare_ctx *ctx, pare_model *m, const pare_qmodel *qm, const pare_dataset *ds, int n,
+                         pare_quant_agreement_stats *st);
+
 /* ---- dynamic quantization (compress/quant_dynamic.c) ---------------------
  * Linear and Conv2d layers of a float model replaced in place by layer types
  * of kind PARE_CUSTOM ("DynQuantLinear", "DynQuantConv2d"): weights

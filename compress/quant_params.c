@@ -44,10 +44,7 @@ int pare_qparams_choose(float min, float max, int bits, int symmetric, pare_qpar
 
 int32_t pare_quantize_value(float x, const pare_qparams *p)
 {
-    double q = round((double)x / p->scale) + p->zero_point; /* half away from zero */
-    if (!(q >= p->qmin)) return p->qmin;                    /* NaN goes to qmin too */
-    if (q > p->qmax) return p->qmax;
-    return (int32_t)q;
+    return pare_quantize_round(x, p->scale, p->zero_point, p->qmin, p->qmax, NULL); /* autograd/autograd.h */
 }
 
 float pare_dequantize_value(int32_t q, const pare_qparams *p)

@@ -12,14 +12,29 @@
 typedef struct observer_hook {
     pare_hook hook; /* first: the hook pointer is the struct's */
     pare_observer obs;
+    /* QAT: the output is also fake-quantized with the observer's current
+     * range, and the observer learns only while the model trains (or until it
+     * has seen a first batch), so that evaluation and conversion see the same
+     * frozen ranges. */
+    int fake_quant, act_bits;
+    const pare_model *model;
 } observer_hook;
 
 static pare_tensor *observe(pare_ctx *ctx, pare_hook *self, pare_layer *layer, pare_tensor *t)
 {
-    (void)ctx;
     (void)layer;
-    pare_observer_update(&((observer_hook *)self)->obs, t->data, t->size);
-    return t; /* watches only */
+    observer_hook *h = (observer_hook *)self;
+    if (!h->fake_quant) {
+        pare_observer_update(&h->obs, t->data, t->size);
+        return t; /* watches only */
+    }
+    if (h->model->training || h->obs.count == 0) pare_observer_update(&h->obs, t->data, t->size);
+    float lo, hi;
+    pare_qparams p;
+    /* A non-finite range (a diverged model) leaves t alone: the NaN reaches
+     * the loss, where pare_fit stops with an error. */
+    if (pare_observer_range(&h->obs, &lo, &hi) || pare_qparams_choose(lo, hi, h->act_bits, 0, &p)) return t;
+    return pare_f_fake_quant(ctx, t, 1, &p.scale, &p.zero_point, p.qmin, p.qmax);
 }
 
 static void observer_destroy(pare_hook *self)
@@ -28,7 +43,7 @@ static void observer_destroy(pare_hook *self)
     pare_free(self);
 }
 
-static int add_observer(pare_hook_chain *chain, const pare_quant_config *cfg)
+static int add_observer(pare_hook_chain *chain, const pare_quant_config *cfg, const pare_model *fake_quant_model)
 {
     if (pare_hook_find(chain, OBSERVER_NAME)) return 0;
     observer_hook *h = pare_calloc(sizeof *h);
@@ -36,6 +51,9 @@ static int add_observer(pare_hook_chain *chain, const pare_quant_config *cfg)
         pare_free(h);
         return -1;
     }
+    h->fake_quant = fake_quant_model != NULL;
+    h->model = fake_quant_model;
+    h->act_bits = cfg->act_bits;
     snprintf(h->hook.name, sizeof h->hook.name, "%s", OBSERVER_NAME);
     h->hook.apply = observe;
     h->hook.destroy = observer_destroy;
@@ -46,6 +64,13 @@ static int add_observer(pare_hook_chain *chain, const pare_quant_config *cfg)
     return 0;
 }
 
+int pare_quant_observe_output(pare_model *m, int layer, const pare_quant_config *cfg, int fake_quant)
+{
+    if (layer < -1 || layer >= m->n_layers) return pare_set_error("observe: no layer %d", layer);
+    pare_hook_chain *chain = layer < 0 ? &m->input_hooks : &m->layers[layer]->output_hooks;
+    return add_observer(chain, cfg, fake_quant ? m : NULL);
+}
+
 int pare_quant_prepare(pare_model *m, const pare_quant_config *cfg)
 {
     pare_quant_config def = pare_quant_defaults();
@@ -53,9 +78,8 @@ int pare_quant_prepare(pare_model *m, const pare_quant_config *cfg)
     pare_observer probe; /* the configuration is checked before any hook is added */
     if (pare_observer_init(&probe, cfg)) return -1;
     pare_observer_release(&probe);
-    if (add_observer(&m->input_hooks, cfg)) return -1;
-    for (int i = 0; i < m->n_layers; i++)
-        if (add_observer(&m->layers[i]->output_hooks, cfg)) return -1;
+    for (int i = -1; i < m->n_layers; i++)
+        if (pare_quant_observe_output(m, i, cfg, 0)) return -1;
     return 0;
 }
 
@@ -65,6 +89,7 @@ void pare_quant_unprepare(pare_model *m)
     for (int i = 0; i < m->n_layers; i++)
         if (pare_hook_find(&m->layers[i]->output_hooks, OBSERVER_NAME))
             pare_hook_remove(&m->layers[i]->output_hooks, OBSERVER_NAME);
+    pare_quant_qat_remove_weight_hooks(m);
 }
 
 const pare_observer *pare_quant_observer(pare_model *m, int layer)
@@ -122,10 +147,16 @@ typedef struct convert_state {
 } convert_state;
 
 /* The weight after the layer's weight hooks (a pruning mask, say): what the
- * float model computes with, so masked weights quantize to exactly 0. */
+ * float model computes with, so masked weights quantize to exactly 0. A QAT
+ * fake-quant of the weight is skipped: conversion quantizes the weight it
+ * was applied to with the same rule, which gives the integers the fake-quant
+ * model computed with. */
 static const float *effective_weight(convert_state *s, pare_layer *l)
 {
-    return pare_layer_weight(s->ctx, l)->data;
+    int was = pare_quant_qat_weight_hooks_enable(l, 0);
+    const float *w = pare_layer_weight(s->ctx, l)->data;
+    pare_quant_qat_weight_hooks_enable(l, was);
+    return w;
 }
 
 static void note(pare_qmodel *qm, const char *fmt, const char *a, const char *b)

@@ -1,9 +1,11 @@
-/* mnist quantize: static post-training quantization of a saved float model
- * to the integer-only int8 runtime (observers on the first N training
- * images in file order, then convert), measured against the float model in
- * the same run; or dynamic quantization (--mode dynamic: Conv2d and Linear
- * with int8 weights, activations quantized per batch at run time, the rest
- * in float). QAT is not implemented yet. */
+/* mnist quantize: a saved float model to int8, measured against the float
+ * model in the same run. --mode static: post-training quantization to the
+ * integer-only int8 runtime (observers on the first N training images in
+ * file order, then convert). --mode qat: BatchNorm folded, fake-quant on
+ * weights and activations, fine-tuned (1 epoch of SGD at lr 1e-3 by
+ * default), then converted to the same runtime. --mode dynamic: Conv2d and
+ * Linear with int8 weights, activations quantized per batch at run time, the
+ * rest in float. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +15,9 @@
 typedef struct quant_args {
     const char *model, *arch, *mode, *data, *out, *observer;
     int calib, weight_bits, act_bits, per_tensor, threads, json;
+    int epochs, batch;
+    float lr, momentum;
+    uint64_t seed;
 } quant_args;
 
 typedef struct qmeasure {
@@ -22,14 +27,17 @@ typedef struct qmeasure {
 static void check_args(const quant_args *a, const char *usage, const cli_opt *opts, int n)
 {
     if (!a->model || !a->out) cli_usage_error(usage, opts, n, "--model and --out are required");
-    if (strcmp(a->mode, "static") != 0 && strcmp(a->mode, "dynamic") != 0)
-        cli_usage_error(usage, opts, n, "--mode %s: static and dynamic are implemented (qat is not yet)", a->mode);
+    if (strcmp(a->mode, "static") != 0 && strcmp(a->mode, "dynamic") != 0 && strcmp(a->mode, "qat") != 0)
+        cli_usage_error(usage, opts, n, "--mode %s: it must be static, dynamic or qat", a->mode);
     if (!strcmp(a->mode, "dynamic") && a->act_bits != a->weight_bits)
         cli_usage_error(usage, opts, n,
                         "--mode dynamic uses one bit width for weights and activations "
                         "(--weight-bits %d, --act-bits %d)",
                         a->weight_bits, a->act_bits);
-    if (a->per_tensor) cli_usage_error(usage, opts, n, "--per-tensor is not implemented yet (weights are per channel)");
+    if (a->per_tensor && !strcmp(a->mode, "dynamic"))
+        cli_usage_error(usage, opts, n, "--per-tensor: dynamic quantization keeps per-channel weight scales");
+    if (a->epochs < 0 || a->batch < 1 || !(a->lr > 0) || !(a->momentum >= 0 && a->momentum < 1))
+        cli_usage_error(usage, opts, n, "--epochs must be >= 0, --batch >= 1, --lr > 0 and --momentum in [0, 1)");
     if (a->calib < 1) cli_usage_error(usage, opts, n, "--calib-images must be >= 1");
     if (a->weight_bits < 2 || a->weight_bits > 8 || a->act_bits < 2 || a->act_bits > 8)
         cli_usage_error(usage, opts, n, "--weight-bits and --act-bits must be in [2, 8]");
@@ -82,21 +90,55 @@ static void converted_list(const pare_qmodel *qm, char *buf, size_t len)
     if (at < len) snprintf(buf + at, len - at, "]");
 }
 
-static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeasure *base, const qmeasure *q,
-                         long base_size, long size, int threads)
+/* What QAT adds to the report. */
+typedef struct qat_result {
+    double fake_quant_acc, seconds;
+    pare_quant_agreement_stats agree;
+    int n_notes; /* BatchNorm folds */
+    char notes[8][128];
+} qat_result;
+
+static const char *kernel_name(void)
 {
-    printf("static int8 quantization of %s: weights %d-bit per channel (symmetric), activations %d-bit per tensor "
-           "(asymmetric), %s observers on the first %d training images\n",
-           a->model, a->weight_bits, a->act_bits, a->observer, a->calib);
+    return pare_qkernel_fast() ? "AVX-512 VNNI" : "portable";
+}
+
+static void print_header(const quant_args *a, const qat_result *qat)
+{
+    if (qat)
+        printf("quantization-aware training of %s: %d epoch(s) of SGD at lr %g (momentum %g, batch %d, seed %llu) "
+               "with fake-quant on weights (%d-bit %s, symmetric) and activations (%d-bit per tensor, asymmetric, "
+               "%s ranges), then converted to the int8 runtime\n",
+               a->model, a->epochs, (double)a->lr, (double)a->momentum, a->batch, (unsigned long long)a->seed,
+               a->weight_bits, a->per_tensor ? "per tensor" : "per channel", a->act_bits, a->observer);
+    else
+        printf("static int8 quantization of %s: weights %d-bit %s (symmetric), activations %d-bit per tensor "
+               "(asymmetric), %s observers on the first %d training images\n",
+               a->model, a->weight_bits, a->per_tensor ? "per tensor" : "per channel", a->act_bits, a->observer,
+               a->calib);
+}
+
+static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeasure *base, const qmeasure *q,
+                         long base_size, long size, int threads, const qat_result *qat)
+{
+    print_header(a, qat);
+    for (int i = 0; qat && i < qat->n_notes; i++) printf("  %s\n", qat->notes[i]);
     for (int i = 0; i < qm->n_notes; i++) printf("  %s\n", qm->notes[i]);
-    printf("left in float: none\n\n%-8s %10s %12s %10s %10s\n", "model", "test_acc", "size_bytes", "img/s", "us(b=1)");
-    printf("%-8s %9.2f%% %12ld %10.0f %10.0f\n", "float", 100 * base->acc, base_size, base->img_per_s,
+    printf("left in float: none\n\n%-10s %10s %12s %10s %10s\n", "model", "test_acc", "size_bytes", "img/s",
+           "us(b=1)");
+    printf("%-10s %9.2f%% %12ld %10.0f %10.0f\n", "float", 100 * base->acc, base_size, base->img_per_s,
            base->latency_us);
-    printf("%-8s %9.2f%% %12ld %10.0f %10.0f\n", "int8", 100 * q->acc, size, q->img_per_s, q->latency_us);
+    if (qat) printf("%-10s %9.2f%% %12s %10s %10s\n", "fake-quant", 100 * qat->fake_quant_acc, "", "", "");
+    printf("%-10s %9.2f%% %12ld %10.0f %10.0f\n", "int8", 100 * q->acc, size, q->img_per_s, q->latency_us);
     printf("accuracy change %+.2f points; size %.1f%% of the float file; %d thread(s) for float, 1 for int8 "
            "(%s kernel)\n",
-           100 * (q->acc - base->acc), base_size > 0 ? 100.0 * size / base_size : 0, threads,
-           pare_qkernel_fast() ? "AVX-512 VNNI" : "portable");
+           100 * (q->acc - base->acc), base_size > 0 ? 100.0 * size / base_size : 0, threads, kernel_name());
+    if (qat)
+        printf("int8 vs fake-quant model: same argmax on %d of %d test images (%.2f%%); %.3f%% of logits within one "
+               "output step (%.4g), the largest difference %.2f steps\n",
+               qat->agree.same_argmax, qat->agree.images,
+               qat->agree.images ? 100.0 * qat->agree.same_argmax / qat->agree.images : 0,
+               100 * qat->agree.within_one_step, (double)qm->out_scale, qat->agree.max_steps);
     if (!a->json) return;
     char conv[512];
     converted_list(qm, conv, sizeof conv);
@@ -105,10 +147,20 @@ static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeas
     cli_json_str(&j, "mode", a->mode);
     cli_json_int(&j, "weight_bits", a->weight_bits);
     cli_json_int(&j, "act_bits", a->act_bits);
-    cli_json_int(&j, "calib_images", a->calib);
+    cli_json_int(&j, "per_tensor", a->per_tensor);
+    if (!qat) cli_json_int(&j, "calib_images", a->calib);
     cli_json_str(&j, "observer", a->observer);
     cli_json_num(&j, "test_acc", q->acc);
     cli_json_num(&j, "base_test_acc", base->acc);
+    if (qat) {
+        cli_json_num(&j, "fake_quant_test_acc", qat->fake_quant_acc);
+        cli_json_num(&j, "agree_argmax", qat->agree.images ? (double)qat->agree.same_argmax / qat->agree.images : 0);
+        cli_json_num(&j, "logits_within_one_step", qat->agree.within_one_step);
+        cli_json_num(&j, "max_logit_steps", qat->agree.max_steps);
+        cli_json_int(&j, "epochs", a->epochs);
+        cli_json_num(&j, "lr", a->lr);
+        cli_json_num(&j, "train_seconds", qat->seconds);
+    }
     cli_json_int(&j, "size_bytes", size);
     cli_json_int(&j, "base_size_bytes", base_size);
     cli_json_num(&j, "img_per_s", q->img_per_s);
@@ -183,27 +235,69 @@ static void quantize_dynamic(const quant_args *a, pare_ctx *ctx, pare_model *m, 
     cli_json_end(&j, stdout);
 }
 
+static pare_observer_kind observer_kind(const char *name)
+{
+    return !strcmp(name, "moving-average") ? PARE_OBSERVE_MOVING_AVG : PARE_OBSERVE_MINMAX;
+}
+
+/* --mode qat: prepare (fold BatchNorm, fake-quant), fine-tune, evaluate the
+ * fake-quant model. The model is then ready for pare_quant_convert. */
+static void train_qat(const quant_args *a, pare_ctx *ctx, pare_model *m, const pare_quant_config *cfg,
+                      const pare_dataset *train, const pare_dataset *test, qat_result *r)
+{
+    r->n_notes = pare_quant_prepare_qat(m, cfg, r->notes, 8);
+    if (r->n_notes < 0) cli_die("QAT");
+    cli_loaders l;
+    cli_make_loaders(&l, train, test, a->batch, 0, a->seed);
+    ctx->seed = a->seed;
+    pare_optim *o = pare_sgd(m, a->lr, a->momentum); /* after folding: the parameters it sees are final */
+    if (!o) cli_die("optimizer");
+    pare_fit_config fc = pare_fit_defaults(a->epochs);
+    fc.label = "qat";
+    double t = pare_now();
+    if (a->epochs && pare_fit(ctx, m, o, l.train, &fc, NULL)) cli_die("QAT fine-tune");
+    r->seconds = pare_now() - t;
+    r->fake_quant_acc = pare_evaluate(ctx, m, l.test, NULL);
+    pare_optim_free(o);
+    cli_free_loaders(&l);
+}
+
 int mnist_quantize(int argc, char **argv)
 {
-    quant_args a = {NULL, NULL, "static", "data/mnist", NULL, "minmax", 1024, 8, 8, 0, 0, 0};
+    quant_args a = {.mode = "static",
+                    .data = "data/mnist",
+                    .calib = 1024,
+                    .weight_bits = 8,
+                    .act_bits = 8,
+                    .epochs = 1,
+                    .batch = 64,
+                    .lr = 1e-3f,
+                    .momentum = 0.9f};
     cli_opt opts[] = {
         {"--model", CLI_STR, &a.model, "float model file (safetensors)"},
         {"--arch", CLI_STR, &a.arch, "architecture, for a file without pare metadata"},
-        {"--mode", CLI_STR, &a.mode, "static or dynamic (qat: not implemented yet)"},
-        {"--calib-images", CLI_INT, &a.calib, "calibrate on the first N training images, file order (default 1024)"},
-        {"--weight-bits", CLI_INT, &a.weight_bits, "weight bits, 2..8 (default 8; stored one per byte)"},
+        {"--mode", CLI_STR, &a.mode, "static (default), qat or dynamic"},
+        {"--calib-images", CLI_INT, &a.calib, "static: calibrate on the first N training images, file order (1024)"},
+        {"--epochs", CLI_INT, &a.epochs, "qat: fine-tune epochs (default 1)"},
+        {"--lr", CLI_FLOAT, &a.lr, "qat: SGD learning rate (default 1e-3)"},
+        {"--momentum", CLI_FLOAT, &a.momentum, "qat: SGD momentum (default 0.9)"},
+        {"--batch", CLI_INT, &a.batch, "qat: batch size (default 64)"},
+        {"--seed", CLI_U64, &a.seed, "qat: shuffling seed (default 0)"},
+        {"--weight-bits", CLI_INT, &a.weight_bits, "weight bits, 2..8 (default 8; 4 or fewer packed two a byte)"},
         {"--act-bits", CLI_INT, &a.act_bits, "activation bits, 2..8 (default 8)"},
-        {"--observer", CLI_STR, &a.observer, "minmax (default) or moving-average (c = 0.01)"},
-        {"--per-tensor", CLI_FLAG, &a.per_tensor, "per-tensor weight scales (not implemented yet)"},
+        {"--per-tensor", CLI_FLAG, &a.per_tensor, "one weight scale per tensor (default: per output channel)"},
+        {"--observer", CLI_STR, &a.observer,
+         "minmax or moving-average (c = 0.01); default minmax for static, moving-average for qat"},
         {"--threads", CLI_INT, &a.threads, "threads for the float model (default: all cores)"},
         {"--data", CLI_STR, &a.data, "directory of the MNIST IDX files (default data/mnist)"},
-        {"--out", CLI_STR, &a.out, "write the int8 model here (safetensors, pare.format int8)"},
+        {"--out", CLI_STR, &a.out, "write the int8 model here (safetensors, pare.format int8 or int8-dynamic)"},
         {"--json", CLI_FLAG, &a.json, "end stdout with one JSON line"},
     };
     const int n = (int)(sizeof opts / sizeof opts[0]);
-    const char *usage = "mnist quantize --model FILE --mode static|dynamic [--calib-images 1024] [--weight-bits 8] "
-                        "[--act-bits 8] --out FILE [--json]";
+    const char *usage = "mnist quantize --model FILE --mode static|qat|dynamic [--calib-images 1024] [--epochs 1 "
+                        "--lr 1e-3] [--weight-bits 8] [--act-bits 8] [--per-tensor] --out FILE [--json]";
     cli_parse(argc, argv, 2, opts, n, usage);
+    if (!a.observer) a.observer = strcmp(a.mode, "qat") ? "minmax" : "moving-average";
     check_args(&a, usage, opts, n);
     int threads = cli_threads(a.threads);
 
@@ -230,10 +324,21 @@ int mnist_quantize(int argc, char **argv)
     pare_quant_config cfg = pare_quant_defaults();
     cfg.weight_bits = a.weight_bits;
     cfg.act_bits = a.act_bits;
-    if (!strcmp(a.observer, "moving-average")) cfg.observer = PARE_OBSERVE_MOVING_AVG;
-    if (pare_quant_prepare(m, &cfg) || pare_quant_calibrate(ctx, m, train, a.calib)) cli_die("calibration");
+    cfg.per_tensor = a.per_tensor;
+    cfg.observer = observer_kind(a.observer);
+    qat_result qat = {0};
+    int is_qat = !strcmp(a.mode, "qat");
+    if (is_qat) {
+        train_qat(&a, ctx, m, &cfg, train, test, &qat);
+    } else {
+        /* BatchNorm after a conv has no int8 kernel of its own: folded first */
+        qat.n_notes = pare_fold_batchnorm(m, qat.notes, 8);
+        if (qat.n_notes < 0 || pare_quant_prepare(m, &cfg) || pare_quant_calibrate(ctx, m, train, a.calib))
+            cli_die("calibration");
+    }
     pare_qmodel *qm = pare_quant_convert(m, &cfg);
     if (!qm) cli_die("convert");
+    if (is_qat && pare_quant_agreement(ctx, m, qm, test, 0, &qat.agree)) cli_die("agreement");
     pare_quant_unprepare(m);
     if (pare_qmodel_save(qm, a.out)) cli_die("saving");
     long base_size = cli_file_size(a.model), size = cli_file_size(a.out);
@@ -242,7 +347,9 @@ int mnist_quantize(int argc, char **argv)
     q.acc = pare_qmodel_evaluate(qm, test, 0, scratch, qm->scratch_bytes);
     if (q.acc < 0) cli_die("int8 evaluation");
     int8_speed(qm, test, scratch, &q);
-    print_report(&a, qm, &base, &q, base_size, size, threads);
+    if (!is_qat)
+        for (int i = 0; i < qat.n_notes; i++) printf("  %s\n", qat.notes[i]);
+    print_report(&a, qm, &base, &q, base_size, size, threads, is_qat ? &qat : NULL);
 
     pare_free(scratch);
     pare_qmodel_free(qm);
@@ -267,7 +374,7 @@ int mnist_eval_int8(const char *path, const char *data, int threads, int json)
     printf("model      %s (int8)\n", path);
     printf("test acc   %.2f%%  (%d images)\n", 100 * q.acc, test->n);
     printf("speed      %.0f img/s at batch 256, %.0f us at batch 1 (%s int8 kernel, 1 thread)\n", q.img_per_s,
-           q.latency_us, pare_qkernel_fast() ? "AVX-512 VNNI" : "portable");
+           q.latency_us, kernel_name());
     if (json) {
         cli_json j;
         cli_json_begin(&j, "eval");
