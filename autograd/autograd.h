@@ -84,13 +84,22 @@ static inline int pare_wants_grad(const pare_tensor *t)
 
 /* The quantization rule (compress/quant.h writes it down): x / scale rounded
  * half away from zero, in double so that every float rounds the same way
- * wherever it is quantized, plus the zero point, clamped to [qmin, qmax]
- * (NaN goes to qmin). *in_range (may be NULL) says whether the clamp left the
- * value alone. */
+ * wherever it is quantized, plus the zero point. pare_quantize_unclamped
+ * gives that real integer (NaN for NaN); round() is spelled as trunc plus a
+ * correction (q - trunc(q) is exact) so that loops over it vectorize. */
+static inline double pare_quantize_unclamped(float x, float scale, int32_t zero_point)
+{
+    double q = (double)x / scale;
+    double t = trunc(q);
+    double away = q < 0 ? -1.0 : 1.0;
+    return t + (fabs(q - t) >= 0.5 ? away : 0.0) + zero_point;
+}
+/* Clamped to [qmin, qmax] (NaN goes to qmin). *in_range (may be NULL) says
+ * whether the clamp left the value alone. */
 static inline int32_t pare_quantize_round(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax,
                                           int *in_range)
 {
-    double q = round((double)x / scale) + zero_point;
+    double q = pare_quantize_unclamped(x, scale, zero_point);
     int inside = q >= qmin && q <= qmax;
     if (in_range) *in_range = inside;
     if (inside) return (int32_t)q;

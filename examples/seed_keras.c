@@ -6,22 +6,35 @@
  *   model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
  *   model.fit(x_train, y_train, epochs=...)
  *   model.evaluate(x_test, y_test)
+ *   q_aware_model = tensorflow.keras.quantization.quantize_model(model)
+ *   q_aware_model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
+ *   q_aware_model.fit(x_train, y_train, epochs=1)
  *
- *   build/seed_keras [--epochs 1] [--data data/mnist] [--threads T] */
+ * (quantize_model is tfmot's, tensorflow_model_optimization.quantization.keras;
+ * Keras itself has none.) Then the int8 model that QAT trained for is
+ * converted and evaluated, as TFLiteConverter would produce it.
+ *
+ *   build/seed_keras [--epochs 1] [--qat-epochs 1] [--data data/mnist] [--threads T] */
 #include <stdio.h>
 
+#include "compress/quant.h"
 #include "examples/cli.h"
 
 int main(int argc, char **argv)
 {
-    int epochs = 1, threads = 0;
+    int epochs = 1, qat_epochs = 1, threads = 0;
     const char *data = "data/mnist";
     cli_opt opts[] = {
         {"--epochs", CLI_INT, &epochs, "training epochs (default 1)"},
+        {"--qat-epochs", CLI_INT, &qat_epochs, "quantization-aware training epochs (default 1; 0 skips QAT)"},
         {"--data", CLI_STR, &data, "directory of the MNIST IDX files"},
         {"--threads", CLI_INT, &threads, "threads (default: all cores)"},
     };
-    cli_parse(argc, argv, 1, opts, 3, "seed_keras [--epochs N] [--data DIR] [--threads T]");
+    cli_parse(argc, argv, 1, opts, 4, "seed_keras [--epochs N] [--qat-epochs N] [--data DIR] [--threads T]");
+    if (epochs < 0 || qat_epochs < 0) {
+        fprintf(stderr, "seed_keras: --epochs and --qat-epochs must be >= 0\n");
+        return 2;
+    }
     cli_threads(threads);
 
     /* model = Sequential([...]): Keras fuses activation into Conv2D/Dense; pare lists it. */
@@ -51,6 +64,33 @@ int main(int argc, char **argv)
     pare_loader *test_loader = pare_loader_new(test, NULL, test->n, &lc);
     double loss, acc = pare_evaluate(ctx, model, test_loader, &loss);
     printf("test loss %.4f, test accuracy %.2f%% after %d epoch(s)\n", loss, 100 * acc, epochs);
+
+    if (qat_epochs > 0) {
+        /* q_aware_model = quantize_model(model): fake-quant on weights (int8 per
+         * channel) and activations (int8 per tensor, moving-average ranges). */
+        if (pare_quant_prepare_qat(model, NULL, NULL, 0) < 0) cli_die("quantize_model");
+        /* q_aware_model.compile(optimizer='adam', ...): a fresh Adam */
+        pare_optim *qat_adam = pare_adam(model, 1e-3f);
+        if (!qat_adam) cli_die("optimizer");
+        /* q_aware_model.fit(x_train, y_train, epochs=1) */
+        fit = pare_fit_defaults(qat_epochs);
+        fit.first_epoch = epochs; /* a new shuffle order */
+        if (pare_fit(ctx, model, qat_adam, train_loader, &fit, NULL) != 0) cli_die("fit (QAT)");
+        printf("quantization-aware model: test accuracy %.2f%% after %d more epoch(s)\n",
+               100 * pare_evaluate(ctx, model, test_loader, NULL), qat_epochs);
+        /* TFLiteConverter(...).convert(): the integer-only int8 model */
+        pare_quant_config cfg = pare_quant_defaults();
+        cfg.observer = PARE_OBSERVE_MOVING_AVG;
+        pare_qmodel *int8 = pare_quant_convert(model, &cfg);
+        if (!int8) cli_die("convert");
+        void *scratch = pare_alloc(int8->scratch_bytes);
+        double int8_acc = pare_qmodel_evaluate(int8, test, 0, scratch, int8->scratch_bytes);
+        if (int8_acc < 0) cli_die("int8 evaluation");
+        printf("int8 model: test accuracy %.2f%%\n", 100 * int8_acc);
+        pare_free(scratch);
+        pare_qmodel_free(int8);
+        pare_optim_free(qat_adam);
+    }
 
     pare_loader_free(test_loader);
     pare_loader_free(train_loader);

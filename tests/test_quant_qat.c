@@ -42,6 +42,13 @@ TEST(fake_quant_forward_is_quantize_dequantize)
     int32_t z = 0;
     y = pare_f_fake_quant(ctx, x, 1, &s, &z, -127, 127);
     CHECK(memcmp(x->data, y->data, 150 * sizeof(float)) == 0);
+    /* ties go away from zero (as round()), NaN to qmin, the clamp at both ends */
+    const float edge[6] = {0.25f, -0.25f, 0.75f, NAN, 100.0f, -100.0f};
+    memcpy(x->data, edge, sizeof edge);
+    s = 0.5f;
+    y = pare_f_fake_quant(ctx, x, 1, &s, &z, -127, 127);
+    const float want[6] = {0.5f, -0.5f, 1.0f, -63.5f, 63.5f, -63.5f};
+    CHECK(memcmp(y->data, want, sizeof want) == 0);
     pare_ctx_free(ctx);
     pare_tensor_free(x);
 }
