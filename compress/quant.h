@@ -200,13 +200,38 @@ int pare_qkernel_fast(void);
 typedef enum pare_observer_kind {
     PARE_OBSERVE_MINMAX,     /* the extremes of everything seen */
     PARE_OBSERVE_MOVING_AVG, /* per batch extremes, averaged: min += c (batch_min - min); the first batch sets them */
+    PARE_OBSERVE_HISTOGRAM,  /* a histogram of everything seen; the range minimizing the expected squared error */
+    PARE_OBSERVE_PERCENTILE, /* the same histogram; the range from the (100 - p)th to the pth percentile */
 } pare_observer_kind;
 
+/* The histogram (PARE_OBSERVE_HISTOGRAM, PARE_OBSERVE_PERCENTILE) has a
+ * fixed number of bins, so its memory stays bounded however much it sees.
+ * Its grid is fixed by the first batch: position y(x) = (x - origin) / width0
+ * with origin the batch's minimum and width0 its width / (bins - 1). At
+ * level e a bin is 2^e units wide, value x falls in floor(y(x) / 2^e), and
+ * the histogram holds the bins first .. first + bins - 1. When values fall
+ * outside, the level grows to the smallest that spans everything seen and
+ * the window moves to start at the minimum's bin; a bin at level e lies
+ * wholly inside one bin at level e + 1 (floor(floor(y / 2^e) / 2) =
+ * floor(y / 2^(e + 1))), so re-binning merges counts exactly. The counts
+ * are then those of binning every value at the final level directly: after
+ * the first batch they depend on the values seen, not on how later ones
+ * were split into batches or ordered. Non-finite values are not binned. */
 typedef struct pare_observer {
     pare_observer_kind kind;
     float averaging; /* c of the moving average */
-    float min, max;  /* the extremes seen (min/max) or their moving average */
+    float min, max;  /* the extremes seen (min/max, histogram: finite ones only) or their moving average */
     long long count; /* values seen */
+    /* histogram kinds only */
+    int bits;              /* the activation width the histogram's range is chosen for */
+    int bins;              /* number of bins */
+    float percentile;      /* p of PARE_OBSERVE_PERCENTILE */
+    long long *hist;       /* the bins' counts (pare_alloc; pare_observer_release frees it) */
+    long long binned;      /* values in hist: the finite ones */
+    long long zeros;       /* values exactly 0 among them (quantized exactly, so they cost no rounding error) */
+    double origin, width0; /* the grid: y(x) = (x - origin) / width0 */
+    double first;          /* index of hist[0] at the current level */
+    int level;             /* e: a bin is 2^e units of width0 */
 } pare_observer;
 
 typedef struct pare_quant_config {
@@ -215,15 +240,24 @@ typedef struct pare_quant_config {
     int per_tensor;              /* 0: weights symmetric per output channel; 1: one scale per weight tensor */
     pare_observer_kind observer; /* PARE_OBSERVE_MINMAX */
     float averaging;             /* 0.01, PyTorch's MovingAverageMinMaxObserver default */
+    int hist_bins;               /* 2048: bins of the histogram observers, 16..8192 */
+    float percentile;            /* 99.99: p of PARE_OBSERVE_PERCENTILE, in (50, 100] */
 } pare_quant_config;
 
 /* An observer of cfg's kind. -1 with pare_error for an unknown kind or a bad
- * constant. */
+ * constant (the histogram kinds: hist_bins, percentile and act_bits, whose
+ * width the histogram's range is chosen for). */
 int pare_observer_init(pare_observer *o, const pare_quant_config *cfg);
 /* Takes in n values (a batch). */
 void pare_observer_update(pare_observer *o, const float *x, size_t n);
 /* The range to quantize to (before pare_qparams_choose widens it to hold 0).
- * -1 with pare_error if nothing was seen. */
+ * PARE_OBSERVE_HISTOGRAM: the [lo, hi] among bin edges (and 0) that
+ * minimizes the expected squared error of quantizing everything seen to
+ * act_bits, asymmetric: step^2 / 12 for each value inside, the squared
+ * distance to the range for each one outside (values exactly 0 cost
+ * nothing). PARE_OBSERVE_PERCENTILE: the (100 - p)th and pth percentiles,
+ * interpolated within their bins. Both lie within the extremes seen.
+ * -1 with pare_error if nothing (histogram: nothing finite) was seen. */
 int pare_observer_range(const pare_observer *o, float *min, float *max);
 /* Frees what the observer owns (it stays initialized-but-empty no more:
  * init again to reuse it). */
@@ -320,6 +354,9 @@ const int8_t *pare_quant_dynamic_weight(const pare_layer *l, const float **scale
  * float per-channel scales and biases; loading validates every tensor. */
 int pare_quant_dynamic_save(pare_model *m, const char *path);
 pare_model *pare_quant_dynamic_load(const char *path);
+/* From a buffer (for the fuzz target; the buffer is only read during the
+ * call); `what` names it in messages (NULL: "buffer"). */
+pare_model *pare_quant_dynamic_parse(const void *buf, size_t len, const char *what);
 
 /* ---- save / load ---------------------------------------------------------- */
 /* safetensors with pare.format "int8" and pare.arch; no float weights. */

@@ -92,6 +92,15 @@ static float quantize_batch(const float *x, size_t n, int bits, int16_t *xq)
     return p.scale;
 }
 
+/* The most inputs per output (K) whose dot product cannot overflow the
+ * int32 accumulator at `bits`: |centred input| <= 2^bits - 1, |weight| <=
+ * 2^(bits-1) - 1 (66,311 at 8 bits). */
+static long long max_inputs(int bits)
+{
+    long long a = (1LL << bits) - 1, w = (1LL << (bits - 1)) - 1;
+    return INT32_MAX / (a * w);
+}
+
 static void check_inference(const pare_ctx *ctx, const pare_layer *l)
 {
     PARE_CHECK(!ctx->grad_enabled,
@@ -99,8 +108,8 @@ static void check_inference(const pare_ctx *ctx, const pare_layer *l)
                l->type->type_name);
 }
 
-/* c[i][o] = a[i] . w[o] over K, exactly in int32 (|a| <= 255, |w| <= 127,
- * so K up to 66,000 cannot overflow). Blocked 4 (or 2) rows of a by 4 of w so that
+/* c[i][o] = a[i] . w[o] over K, exactly in int32 (|a| <= 255, |w| <= 127:
+ * conversion and loading refuse a K that could overflow, see max_inputs). Blocked 4 (or 2) rows of a by 4 of w so that
  * each loaded vector serves several products; the inner loops are plain
  * reductions that gcc and clang vectorize (pmaddwd on x86). */
 static void dot_gemm(const int16_t *a, int M, const int16_t *w, int O, int K, int32_t *c, int ldc)
@@ -384,12 +393,16 @@ int pare_quant_dynamic(pare_model *m, int kinds, int bits, pare_dq_report *repor
             note_float(report, l, "no weight");
             continue;
         }
+        int rows = l->weight->shape[0], cols = (int)(l->weight->size / (size_t)rows);
+        if (cols > max_inputs(bits)) {
+            note_float(report, l, "too many inputs per output: the int32 accumulator could overflow");
+            continue;
+        }
         if (l->weight_hooks.n) {
             /* a mask, fake-quant or codebook hook would be bypassed by the int8 weight */
             note_float(report, l, "has weight hooks (apply or remove them first)");
             continue;
         }
-        int rows = l->weight->shape[0], cols = (int)(l->weight->size / (size_t)rows);
         int8_t *q = pare_alloc(l->weight->size);
         float *sc = pare_alloc((size_t)rows * sizeof *sc);
         if (pare_quantize_weight_per_channel(l->weight->data, rows, cols, bits, q, sc)) { /* checked above */
@@ -523,6 +536,13 @@ static pare_model *load_from(const pare_st_file *f)
             }
             if (!pare_st_expect(f, name, PARE_ST_I8, ts[k]->ndim, ts[k]->shape)) goto fail;
             int rows = ts[k]->shape[0];
+            size_t cols = ts[k]->size / (size_t)rows;
+            if (cols > (size_t)max_inputs(bits)) {
+                pare_set_error("%s: %s has %zu inputs per output; at %d bits more than %lld could overflow the int32 "
+                               "accumulator",
+                               src, name, cols, bits, max_inputs(bits));
+                goto fail;
+            }
             char sname[PARE_NAME_MAX + 24];
             snprintf(sname, sizeof sname, "%s.weight_scale", l->name);
             int8_t *q = pare_alloc(ts[k]->size);
@@ -568,9 +588,18 @@ fail:
     return NULL;
 }
 
+pare_model *pare_quant_dynamic_parse(const void *buf, size_t len, const char *what)
+{
+    pare_st_file *f = pare_st_parse(buf, len, what);
+    if (!f) return NULL;
+    pare_model *m = load_from(f);
+    pare_st_close(f);
+    return m;
+}
+
 pare_model *pare_quant_dynamic_load(const char *path)
 {
-    pare_st_file *f = pare_st_open(path);
+    pare_st_file *f = pare_st_open(path); /* reads the file; the same checks as parse after that */
     if (!f) return NULL;
     pare_model *m = load_from(f);
     pare_st_close(f);

@@ -103,7 +103,7 @@ const pare_observer *pare_quant_observer(pare_model *m, int layer)
 pare_quant_config pare_quant_defaults(void)
 {
     pare_quant_config c = {.weight_bits = 8, .act_bits = 8, .per_tensor = 0, .observer = PARE_OBSERVE_MINMAX,
-                           .averaging = 0.01f};
+                           .averaging = 0.01f, .hist_bins = 2048, .percentile = 99.99f};
     return c;
 }
 

@@ -16,13 +16,24 @@ typedef struct quant_args {
     const char *model, *arch, *mode, *data, *out, *observer;
     int calib, weight_bits, act_bits, per_tensor, threads, json;
     int epochs, batch;
-    float lr, momentum;
+    float lr, momentum, percentile;
     uint64_t seed;
 } quant_args;
 
 typedef struct qmeasure {
     double acc, img_per_s, latency_us;
 } qmeasure;
+
+/* The observer of a --observer name, -1 if none. */
+static int observer_kind(const char *name)
+{
+    static const char *const names[] = {"minmax", "moving-average", "histogram", "percentile"};
+    static const pare_observer_kind kinds[] = {PARE_OBSERVE_MINMAX, PARE_OBSERVE_MOVING_AVG, PARE_OBSERVE_HISTOGRAM,
+                                               PARE_OBSERVE_PERCENTILE};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) return (int)kinds[i];
+    return -1;
+}
 
 static void check_args(const quant_args *a, const char *usage, const cli_opt *opts, int n)
 {
@@ -42,8 +53,13 @@ static void check_args(const quant_args *a, const char *usage, const cli_opt *op
     if (a->weight_bits < 2 || a->weight_bits > 8 || a->act_bits < 2 || a->act_bits > 8)
         cli_usage_error(usage, opts, n, "--weight-bits and --act-bits must be in [2, 8]");
     if (a->threads < 0) cli_usage_error(usage, opts, n, "--threads must be >= 0");
-    if (strcmp(a->observer, "minmax") != 0 && strcmp(a->observer, "moving-average") != 0)
-        cli_usage_error(usage, opts, n, "--observer must be minmax or moving-average (got %s)", a->observer);
+    if (observer_kind(a->observer) < 0)
+        cli_usage_error(usage, opts, n, "--observer must be minmax, moving-average, histogram or percentile (got %s)",
+                        a->observer);
+    if (!strcmp(a->mode, "qat") && observer_kind(a->observer) >= PARE_OBSERVE_HISTOGRAM)
+        cli_usage_error(usage, opts, n, "--mode qat learns ranges while training: --observer minmax or moving-average");
+    if (!(a->percentile > 50 && a->percentile <= 100))
+        cli_usage_error(usage, opts, n, "--percentile must be in (50, 100]");
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -235,11 +251,6 @@ static void quantize_dynamic(const quant_args *a, pare_ctx *ctx, pare_model *m, 
     cli_json_end(&j, stdout);
 }
 
-static pare_observer_kind observer_kind(const char *name)
-{
-    return !strcmp(name, "moving-average") ? PARE_OBSERVE_MOVING_AVG : PARE_OBSERVE_MINMAX;
-}
-
 /* --mode qat: prepare (fold BatchNorm, fake-quant), fine-tune, evaluate the
  * fake-quant model. The model is then ready for pare_quant_convert. */
 static void train_qat(const quant_args *a, pare_ctx *ctx, pare_model *m, const pare_quant_config *cfg,
@@ -272,7 +283,8 @@ int mnist_quantize(int argc, char **argv)
                     .epochs = 1,
                     .batch = 64,
                     .lr = 1e-3f,
-                    .momentum = 0.9f};
+                    .momentum = 0.9f,
+                    .percentile = 99.99f};
     cli_opt opts[] = {
         {"--model", CLI_STR, &a.model, "float model file (safetensors)"},
         {"--arch", CLI_STR, &a.arch, "architecture, for a file without pare metadata"},
@@ -287,7 +299,9 @@ int mnist_quantize(int argc, char **argv)
         {"--act-bits", CLI_INT, &a.act_bits, "activation bits, 2..8 (default 8)"},
         {"--per-tensor", CLI_FLAG, &a.per_tensor, "one weight scale per tensor (default: per output channel)"},
         {"--observer", CLI_STR, &a.observer,
-         "minmax or moving-average (c = 0.01); default minmax for static, moving-average for qat"},
+         "minmax, moving-average (c = 0.01), histogram (the range of least squared error) or percentile; default "
+         "minmax for static, moving-average for qat"},
+        {"--percentile", CLI_FLOAT, &a.percentile, "p of --observer percentile: range [100-p, p] (default 99.99)"},
         {"--threads", CLI_INT, &a.threads, "threads for the float model (default: all cores)"},
         {"--data", CLI_STR, &a.data, "directory of the MNIST IDX files (default data/mnist)"},
         {"--out", CLI_STR, &a.out, "write the int8 model here (safetensors, pare.format int8 or int8-dynamic)"},
@@ -325,7 +339,8 @@ int mnist_quantize(int argc, char **argv)
     cfg.weight_bits = a.weight_bits;
     cfg.act_bits = a.act_bits;
     cfg.per_tensor = a.per_tensor;
-    cfg.observer = observer_kind(a.observer);
+    cfg.observer = (pare_observer_kind)observer_kind(a.observer);
+    cfg.percentile = a.percentile;
     qat_result qat = {0};
     int is_qat = !strcmp(a.mode, "qat");
     if (is_qat) {

@@ -293,3 +293,79 @@ TEST(dynq_save_load_roundtrip_and_bad_files)
     unlink(path);
     pare_model_free(m);
 }
+
+/* pare_quant_dynamic_parse reads the same bytes as load does, from memory,
+ * and refuses every truncation with a message naming the buffer. */
+TEST(dynq_parse_buffer)
+{
+    char path[] = "/tmp/pare_dynq_parse_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    pare_model *m = small_cnn();
+    CHECK(pare_quant_dynamic(m, PARE_CONV2D | PARE_LINEAR, 8, NULL) == 4);
+    CHECK(pare_quant_dynamic_save(m, path) == 0);
+    unsigned char *buf = NULL;
+    size_t len = read_all(path, &buf);
+    unlink(path);
+    CHECK(len > 64);
+    pare_model *p = pare_quant_dynamic_parse(buf, len, "mem");
+    CHECKF(p != NULL, "%s", pare_error());
+    if (p) {
+        pare_ctx *ctx = pare_ctx_new(0);
+        pare_set_grad_enabled(ctx, 0);
+        pare_rng r;
+        pare_rng_seed(&r, 15, PARE_STREAM_TEST);
+        float x[3 * 64], y0[30], y1[30];
+        fill(&r, x, 3 * 64, -1, 2);
+        run(ctx, m, 4, (int[]){3, 1, 8, 8}, x, y0, 30);
+        run(ctx, p, 4, (int[]){3, 1, 8, 8}, x, y1, 30);
+        CHECK(memcmp(y0, y1, sizeof y0) == 0);
+        pare_ctx_free(ctx);
+        pare_model_free(p);
+    }
+    for (size_t cut = 0; cut < len; cut += 17) {
+        pare_clear_error();
+        pare_model *b = pare_quant_dynamic_parse(buf, cut, "mem");
+        CHECK(b == NULL && strstr(pare_error(), "mem"));
+        pare_model_free(b);
+    }
+    free(buf);
+    pare_model_free(m);
+}
+
+/* A layer with more inputs per output than the int32 accumulator holds at
+ * the width (66,311 at 8 bits) stays float when converting, and a file
+ * that has one is refused (here a 4-bit file relabelled 8-bit: its weights
+ * are valid 8-bit ones). */
+TEST(dynq_refuses_accumulator_overflow)
+{
+    enum { K = 70000 };
+    pare_model *m = pare_sequential("wide", pare_linear("big", K, 2), NULL);
+    CHECK(pare_build(m, K, 0, 0) == 0);
+    pare_dq_report rep;
+    CHECK(pare_quant_dynamic(m, PARE_LINEAR, 8, &rep) == 0 && rep.n_float == 1 && strstr(rep.reason[0], "overflow"));
+    CHECK(!pare_quant_is_dynamic(m->layers[0]));
+    CHECK(pare_quant_dynamic(m, PARE_LINEAR, 4, &rep) == 1);
+    char path[] = "/tmp/pare_dynq_wide_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    CHECK(pare_quant_dynamic_save(m, path) == 0);
+    unsigned char *buf = NULL;
+    size_t len = read_all(path, &buf);
+    unlink(path);
+    pare_model *ok = pare_quant_dynamic_parse(buf, len, "wide");
+    CHECKF(ok != NULL, "%s", pare_error());
+    pare_model_free(ok);
+    char *bits = NULL;
+    for (size_t i = 0; i + 15 <= len && !bits; i++)
+        if (!memcmp(buf + i, "\"pare.bits\":\"4\"", 15)) bits = (char *)buf + i;
+    CHECK(bits != NULL);
+    if (bits) {
+        bits[13] = '8';
+        CHECK(pare_quant_dynamic_parse(buf, len, "wide") == NULL && strstr(pare_error(), "overflow"));
+    }
+    free(buf);
+    pare_model_free(m);
+}
