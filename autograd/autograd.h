@@ -5,8 +5,8 @@
 #ifndef PARE_AUTOGRAD_H
 #define PARE_AUTOGRAD_H
 
-#include <math.h>
 #include <stdint.h>
+
 #include "tensor/tensor.h"
 
 #ifdef __cplusplus
@@ -82,28 +82,31 @@ static inline int pare_wants_grad(const pare_tensor *t)
     return t && t->requires_grad;
 }
 
-/* The quantization rule (compress/quant.h writes it down): x / scale rounded
- * half away from zero, in double so that every float rounds the same way
- * wherever it is quantized, plus the zero point. pare_quantize_unclamped
- * gives that real integer (NaN for NaN); round() is spelled as trunc plus a
- * correction (q - trunc(q) is exact) so that loops over it vectorize. */
-static inline double pare_quantize_unclamped(float x, float scale, int32_t zero_point)
+/* The quantization rule (compress/quant.h writes it down): x / scale in
+ * float (as TFLite's reference computes it) rounded half away from zero,
+ * plus the zero point. pare_quantize_unclamped gives that integer where it
+ * lies within one of [qmin, qmax], and qmin - 1 or qmax + 1 beyond (NaN:
+ * qmin - 1): the quotient is bounded first so that its conversion to int is
+ * defined, and rounding is spelled as truncation plus a correction so that
+ * loops over it vectorize. */
+static inline int32_t pare_quantize_unclamped(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax)
 {
-    double q = (double)x / scale;
-    double t = trunc(q);
-    double away = q < 0 ? -1.0 : 1.0;
-    return t + (fabs(q - t) >= 0.5 ? away : 0.0) + zero_point;
+    float q = x / scale;
+    float lo = (float)(qmin - zero_point - 1), hi = (float)(qmax - zero_point + 1);
+    q = q >= lo ? q : lo; /* NaN fails the test: lo */
+    q = q <= hi ? q : hi;
+    int32_t t = (int32_t)q;    /* toward zero */
+    float frac = q - (float)t; /* exact */
+    return t + (frac >= 0.5f) - (frac <= -0.5f) + zero_point;
 }
-/* Clamped to [qmin, qmax] (NaN goes to qmin). *in_range (may be NULL) says
- * whether the clamp left the value alone. */
+/* Clamped to [qmin, qmax]. *in_range (may be NULL) says whether the clamp
+ * left the value alone. */
 static inline int32_t pare_quantize_round(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax,
                                           int *in_range)
 {
-    double q = pare_quantize_unclamped(x, scale, zero_point);
-    int inside = q >= qmin && q <= qmax;
-    if (in_range) *in_range = inside;
-    if (inside) return (int32_t)q;
-    return q > qmax ? qmax : qmin;
+    int32_t q = pare_quantize_unclamped(x, scale, zero_point, qmin, qmax);
+    if (in_range) *in_range = q >= qmin && q <= qmax;
+    return q < qmin ? qmin : q > qmax ? qmax : q;
 }
 /* Quantize then dequantize: scale * (q - zero_point). */
 static inline float pare_fake_quant_value(float x, float scale, int32_t zero_point, int32_t qmin, int32_t qmax,

@@ -36,13 +36,12 @@ enum { FQ_CHUNK = 4096 };
 static void fake_quant_span(const float *restrict x, float *restrict y, uint8_t *restrict inside, size_t n, float s,
                             int32_t zp, int32_t qmin, int32_t qmax)
 {
-    double lo = qmin, hi = qmax;
     for (size_t i = 0; i < n; i++) {
-        double q = pare_quantize_unclamped(x[i], s, zp);
-        inside[i] = (uint8_t)((q >= lo) & (q <= hi));
-        double clamped = q >= lo ? q : lo; /* NaN -> qmin */
-        clamped = clamped <= hi ? clamped : hi;
-        y[i] = s * (float)((int32_t)clamped - zp);
+        int32_t q = pare_quantize_unclamped(x[i], s, zp, qmin, qmax);
+        inside[i] = (uint8_t)((q >= qmin) & (q <= qmax));
+        q = q >= qmin ? q : qmin;
+        q = q <= qmax ? q : qmax;
+        y[i] = s * (float)(q - zp);
     }
 }
 

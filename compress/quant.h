@@ -6,8 +6,10 @@
  * Rules (the TFLite int8 specification; Jacob et al. 2018):
  *  - real = scale * (q - zero_point).
  *  - Quantize: q = clamp(round_half_away_from_zero(real / scale) + zero_point,
- *    qmin, qmax). Rounding half away from zero is what TFLite's reference
- *    does (std::round); it is symmetric, so w and -w quantize to -q and q.
+ *    qmin, qmax), the quotient in float. Rounding half away from zero is what
+ *    TFLite's reference does (std::round); it is symmetric, so w and -w
+ *    quantize to -q and q. One inline function (pare_quantize_round in
+ *    autograd/autograd.h) is the rule for conversion and fake-quant alike.
  *  - b-bit signed ranges: asymmetric [-2^(b-1), 2^(b-1)-1]; symmetric uses the
  *    narrow range [-(2^(b-1)-1), 2^(b-1)-1] so that -q always exists (int8
  *    weights lie in [-127, 127]) and zero point 0, so a weight that is exactly
