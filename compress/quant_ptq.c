@@ -244,17 +244,45 @@ static int quantize_params(convert_state *s, pare_qlayer *q, const float *w, int
     return 0;
 }
 
-/* The float layer at i and, when the next layer is a ReLU, that too (fused:
- * the ReLU's observer gives the output range). Returns how many layers it took. */
+/* A BatchNorm2d right after conv layer i (same channels), or NULL. */
+static const pare_layer *following_bn(const convert_state *s, int i)
+{
+    const pare_layer *l = s->m->layers[i];
+    if (l->kind != PARE_CONV2D || i + 1 >= s->m->n_layers) return NULL;
+    const pare_layer *bn = s->m->layers[i + 1];
+    return bn->kind == PARE_BATCHNORM2D && bn->in_features == l->out_features ? bn : NULL;
+}
+
+/* The float layer at i, a BatchNorm2d after a conv (folded) and, when the
+ * next layer is a ReLU, that too (fused: the ReLU's observer gives the
+ * output range). Returns how many layers it took. */
 static int fused_output(convert_state *s, int i, pare_qparams *out, int *relu)
 {
-    *relu = i + 1 < s->m->n_layers && s->m->layers[i + 1]->kind == PARE_RELU;
-    return act_params(s, i + *relu, out) ? -1 : 1 + *relu;
+    int last = i + (following_bn(s, i) != NULL);
+    *relu = last + 1 < s->m->n_layers && s->m->layers[last + 1]->kind == PARE_RELU;
+    last += *relu;
+    return act_params(s, last, out) ? -1 : last - i + 1;
+}
+
+/* The conv weight (OIHW) and bias with a following BatchNorm folded in with
+ * its running statistics (as pare_fold_batchnorm does, without changing the
+ * model) into w (o * cols) and b (o). */
+static void fold_bn_copy(const pare_layer *l, const pare_layer *bn, const float *w_src, float *w, float *b)
+{
+    int o = l->out_features;
+    size_t cols = l->weight->size / (size_t)o;
+    for (int c = 0; c < o; c++) {
+        double g = (double)bn->weight->data[c] / sqrt((double)bn->running_var->data[c] + bn->eps);
+        for (size_t j = 0; j < cols; j++) w[c * cols + j] = (float)(g * w_src[c * cols + j]);
+        double bias = l->has_bias ? l->bias->data[c] : 0;
+        b[c] = (float)(g * (bias - bn->running_mean->data[c]) + bn->bias->data[c]);
+    }
 }
 
 static int convert_conv(convert_state *s, int i)
 {
     pare_layer *l = s->m->layers[i];
+    const pare_layer *bn = following_bn(s, i);
     pare_qparams out;
     int relu, taken = fused_output(s, i, &out, &relu);
     if (taken < 0) return -1;
@@ -264,20 +292,28 @@ static int convert_conv(convert_state *s, int i)
     q->stride = l->stride;
     q->pad = l->pad;
     int o = l->out_features, in = l->in_features, k = l->kernel, cols = k * k * in;
-    float *w = pare_alloc((size_t)o * cols * sizeof(float));
+    float *w = pare_alloc((size_t)o * cols * sizeof(float)), *folded = NULL, *bias = l->has_bias ? l->bias->data : NULL;
     const float *src = effective_weight(s, l);
+    if (bn) {
+        folded = pare_alloc(((size_t)o * cols + o) * sizeof(float));
+        fold_bn_copy(l, bn, src, folded, folded + (size_t)o * cols);
+        src = folded;
+        bias = folded + (size_t)o * cols;
+    }
     /* OIHW (training) -> OHWI (int8 world) */
     for (int a = 0; a < o; a++)
         for (int c = 0; c < in; c++)
             for (int y = 0; y < k; y++)
                 for (int x = 0; x < k; x++)
                     w[(size_t)a * cols + ((size_t)y * k + x) * in + c] = src[(((size_t)a * in + c) * k + y) * k + x];
-    int rc = quantize_params(s, q, w, o, cols, l->has_bias ? l->bias->data : NULL, &out, relu);
+    int rc = quantize_params(s, q, w, o, cols, bias, &out, relu);
     pare_free(w);
+    pare_free(folded);
     if (rc) return -1;
     s->h = l->out_shape[1];
     s->w = l->out_shape[2];
-    note(s->qm, "%s: Conv2d%s -> int8 conv", l->name, relu ? " + ReLU" : "");
+    note(s->qm, "%s: Conv2d%s -> int8 conv", l->name,
+         bn && relu ? " + BatchNorm2d (folded) + ReLU" : bn ? " + BatchNorm2d (folded)" : relu ? " + ReLU" : "");
     return taken;
 }
 
@@ -367,8 +403,9 @@ static int convert_one(convert_state *s, int i)
     default:
         break;
     }
-    return pare_set_error("convert: layer %d (%s, %s) has no int8 kernel here; the int8 runtime runs Conv2d, "
-                          "Linear, ReLU, MaxPool2d, Flatten, Dropout and a final (Log)Softmax",
+    return pare_set_error("convert: layer %d (%s, %s) has no int8 kernel here; the int8 runtime runs Conv2d (with "
+                          "a BatchNorm2d after it, folded), Linear, ReLU, MaxPool2d, Flatten, Dropout and a final "
+                          "(Log)Softmax",
                           i, layer_label(l), l->type->type_name);
 }
 

@@ -345,11 +345,8 @@ int mnist_quantize(int argc, char **argv)
     int is_qat = !strcmp(a.mode, "qat");
     if (is_qat) {
         train_qat(&a, ctx, m, &cfg, train, test, &qat);
-    } else {
-        /* BatchNorm after a conv has no int8 kernel of its own: folded first */
-        qat.n_notes = pare_fold_batchnorm(m, qat.notes, 8);
-        if (qat.n_notes < 0 || pare_quant_prepare(m, &cfg) || pare_quant_calibrate(ctx, m, train, a.calib))
-            cli_die("calibration");
+    } else if (pare_quant_prepare(m, &cfg) || pare_quant_calibrate(ctx, m, train, a.calib)) {
+        cli_die("calibration"); /* convert folds a BatchNorm2d into the conv before it */
     }
     pare_qmodel *qm = pare_quant_convert(m, &cfg);
     if (!qm) cli_die("convert");
@@ -362,8 +359,6 @@ int mnist_quantize(int argc, char **argv)
     q.acc = pare_qmodel_evaluate(qm, test, 0, scratch, qm->scratch_bytes);
     if (q.acc < 0) cli_die("int8 evaluation");
     int8_speed(qm, test, scratch, &q);
-    if (!is_qat)
-        for (int i = 0; i < qat.n_notes; i++) printf("  %s\n", qat.notes[i]);
     print_report(&a, qm, &base, &q, base_size, size, threads, is_qat ? &qat : NULL);
 
     pare_free(scratch);

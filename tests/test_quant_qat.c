@@ -292,3 +292,43 @@ TEST(qat_convert_agrees_with_fake_quant_4bit_per_tensor)
 {
     qat_agreement(4, 1);
 }
+
+/* Static conversion folds a BatchNorm2d after a conv on the fly: the same
+ * int8 weights as converting a model folded beforehand, and (ranges observed
+ * on the same values up to float rounding) the same predictions. */
+TEST(static_convert_folds_batchnorm)
+{
+    pare_dataset *ds = blobs(300, 9);
+    pare_model *a = small_bn_cnn(), *b = small_bn_cnn();
+    train_steps(a, ds, 6, 0.02f);
+    train_steps(b, ds, 6, 0.02f); /* same seed, same data: the same model */
+    CHECK(pare_fold_batchnorm(b, NULL, 0) == 2);
+    pare_ctx *ctx = pare_ctx_new(0);
+    pare_qmodel *qa = NULL, *qb = NULL;
+    if (!pare_quant_prepare(a, NULL) && !pare_quant_calibrate(ctx, a, ds, 256)) qa = pare_quant_convert(a, NULL);
+    if (!pare_quant_prepare(b, NULL) && !pare_quant_calibrate(ctx, b, ds, 256)) qb = pare_quant_convert(b, NULL);
+    CHECKF(qa && qb, "%s", pare_error());
+    if (qa && qb) {
+        CHECK(qa->n_layers == qb->n_layers && strstr(qa->notes[0], "BatchNorm2d (folded) + ReLU"));
+        int same = 1;
+        for (int i = 0; i < qa->n_layers && same; i++) {
+            const pare_qlayer *la = &qa->layers[i], *lb = &qb->layers[i];
+            if (la->kind != PARE_Q_CONV && la->kind != PARE_Q_LINEAR) continue;
+            size_t n = (size_t)la->out_c * (la->kind == PARE_Q_CONV ? la->kernel * la->kernel * la->in_c : la->in_c);
+            same = !memcmp(la->weight, lb->weight, n) && !memcmp(la->w_scale, lb->w_scale, la->out_c * sizeof(float));
+        }
+        CHECK(same);
+        void *sa = pare_alloc(qa->scratch_bytes), *sb = pare_alloc(qb->scratch_bytes);
+        double acc_a = pare_qmodel_evaluate(qa, ds, 0, sa, qa->scratch_bytes);
+        double acc_b = pare_qmodel_evaluate(qb, ds, 0, sb, qb->scratch_bytes);
+        CHECKF(fabs(acc_a - acc_b) <= 0.01 && acc_a > 0.8, "accuracy %.3f vs %.3f", acc_a, acc_b);
+        pare_free(sa);
+        pare_free(sb);
+    }
+    pare_qmodel_free(qa);
+    pare_qmodel_free(qb);
+    pare_ctx_free(ctx);
+    pare_model_free(a);
+    pare_model_free(b);
+    free_dataset(ds);
+}
