@@ -70,24 +70,20 @@ static void no_init(pare_layer *l, pare_rng *rng)
 static float quantize_batch(const float *x, size_t n, int bits, int16_t *xq)
 {
     float lo = 0, hi = 0;
-    for (size_t i = 0; i < n; i++)
-        if (isfinite(x[i])) { /* an infinity or NaN clamps (NaN to qmin, as pare_quantize_value does) */
-            lo = fminf(lo, x[i]);
-            hi = fmaxf(hi, x[i]);
-        }
+    for (size_t i = 0; i < n; i++) { /* branch-free, so it vectorizes */
+        float v = x[i];
+        v = v - v == 0 ? v : 0; /* an infinity or NaN does not widen the range (it clamps below) */
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
     pare_qparams p;
     pare_qparams_choose(lo, hi, bits, 0, &p); /* cannot fail: finite range, bits checked at conversion */
-    /* pare_quantize_value's rule, inlined: round half away from zero of the
-     * exact double quotient, written with trunc (one instruction) instead of
-     * a libm call; v - trunc(v) is exact, so ties are decided exactly. */
-    double scale = p.scale, zp = p.zero_point, qmin = p.qmin, qmax = p.qmax;
-    for (size_t i = 0; i < n; i++) { /* branch-free, so it vectorizes */
-        double v = (double)x[i] / scale, r = trunc(v), d = v - r;
-        r += (double)(d >= 0.5) - (double)(d <= -0.5);
-        r += zp;
-        r = r >= qmin ? r : qmin; /* NaN fails the test: qmin */
-        r = r > qmax ? qmax : r;
-        xq[i] = (int16_t)((int32_t)r - p.zero_point);
+    /* pare_quantize_value's rule (pare_quantize_unclamped, autograd.h), then the clamp */
+    for (size_t i = 0; i < n; i++) {
+        int32_t q = pare_quantize_unclamped(x[i], p.scale, p.zero_point, p.qmin, p.qmax);
+        q = q >= p.qmin ? q : p.qmin;
+        q = q <= p.qmax ? q : p.qmax;
+        xq[i] = (int16_t)(q - p.zero_point);
     }
     return p.scale;
 }
