@@ -47,6 +47,8 @@ static void check_args(const quant_args *a, const char *usage, const cli_opt *op
                         a->weight_bits, a->act_bits);
     if (a->per_tensor && !strcmp(a->mode, "dynamic"))
         cli_usage_error(usage, opts, n, "--per-tensor: dynamic quantization keeps per-channel weight scales");
+    if (!strcmp(a->mode, "qat") && a->epochs < 1)
+        cli_usage_error(usage, opts, n, "--mode qat needs --epochs >= 1 (the ranges are learned while training)");
     if (a->epochs < 0 || a->batch < 1 || !(a->lr > 0) || !(a->momentum >= 0 && a->momentum < 1))
         cli_usage_error(usage, opts, n, "--epochs must be >= 0, --batch >= 1, --lr > 0 and --momentum in [0, 1)");
     if (a->calib < 1) cli_usage_error(usage, opts, n, "--calib-images must be >= 1");
