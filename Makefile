@@ -84,7 +84,7 @@ bench: $(BENCH_BIN) $(BUILD)/mnist
 	else echo "(peak memory: needs data/mnist, run make data, and /usr/bin/time)"; fi
 
 # The same protocol in PyTorch (Debian's python3-torch), side by side.
-bench-torch: $(BUILD)/bench_train
+bench-torch: $(BUILD)/bench_train $(BUILD)/bench_int8
 	/usr/bin/python3 bench/torch_compare.py
 
 data:

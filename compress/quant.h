@@ -149,6 +149,14 @@ typedef struct pare_qlayer {
 
 #define PARE_QMAX_LAYERS 64
 #define PARE_QMAX_NOTES  64
+/* A forward call runs its samples in groups of PARE_QGROUP (each kernel
+ * call covers a group, so weights are reused across its samples), the
+ * groups split between up to PARE_QMAX_THREADS threads (pare_set_threads;
+ * only when the call's work exceeds PARE_PARALLEL_MIN). The scratch holds
+ * one area per thread the machine has, up to that maximum. Results are the
+ * same for every batch size, group and thread count. */
+#define PARE_QGROUP       8
+#define PARE_QMAX_THREADS 4
 typedef struct pare_qmodel {
     char arch[PARE_NAME_MAX];
     int n_layers;
@@ -159,8 +167,13 @@ typedef struct pare_qmodel {
     int n_out; /* outputs per sample */
     float out_scale;
     int32_t out_zp;
-    size_t scratch_bytes; /* per call of pare_qmodel_forward*, any batch */
-    size_t act_bytes;     /* one activation buffer within it */
+    /* The scratch (planned by pare_qmodel_plan): shared_bytes of packed
+     * weights, then `threads` areas of thread_bytes, each two activation
+     * buffers of act_bytes (a group of PARE_QGROUP samples) and a panel. */
+    size_t scratch_bytes; /* per call of pare_qmodel_forward*, any batch and thread count */
+    size_t act_bytes;     /* one activation buffer of a group within it */
+    size_t shared_bytes, thread_bytes;
+    int threads; /* the most threads a call uses: the cores, at most PARE_QMAX_THREADS */
     /* What conversion did with every float layer, for the report:
      * "conv1: Conv2d + ReLU -> int8 conv", "LogSoftmax: dropped (...)". */
     int n_notes;
@@ -173,9 +186,10 @@ void pare_qmodel_free(pare_qmodel *qm);
 int pare_qmodel_plan(pare_qmodel *qm);
 
 /* Runs n samples of int8 input (each in_h*in_w*in_c, NHWC) to int8 output
- * (each n_out). scratch: at least qm->scratch_bytes bytes, 4-byte aligned
- * (malloc and pare_alloc memory is). No allocation. -1 with pare_error if
- * the scratch is short or misaligned. */
+ * (each n_out), on up to pare_threads() threads (at most qm->threads).
+ * scratch: at least qm->scratch_bytes bytes, 4-byte aligned (malloc and
+ * pare_alloc memory is), one per concurrent call. No allocation. -1 with
+ * pare_error if the scratch is short or misaligned. */
 int pare_qmodel_forward(const pare_qmodel *qm, const int8_t *in, int n, int8_t *out, void *scratch,
                         size_t scratch_bytes);
 /* Float NCHW input (normalized as for the float model) quantized at the
@@ -187,15 +201,25 @@ int pare_qmodel_forward_float(const pare_qmodel *qm, const float *in, int n, flo
  * in batches of 256 through the caller's scratch (it allocates two float
  * staging buffers of a batch). -1 with pare_error. */
 double pare_qmodel_evaluate(const pare_qmodel *qm, const pare_dataset *ds, int n, void *scratch, size_t scratch_bytes);
-/* One layer on one sample (exposed for tests); work holds
- * pare_qlayer_work_bytes(l) bytes, 4-byte aligned (NULL if 0). */
+/* One layer on one sample with the kernel that runs now (exposed for
+ * tests); work holds pare_qlayer_work_bytes(l) bytes, 4-byte aligned (NULL
+ * if 0): enough for every kernel. */
 void pare_qlayer_run(const pare_qlayer *l, const int8_t *in, int8_t *out, int8_t *work);
 size_t pare_qlayer_work_bytes(const pare_qlayer *l);
-/* The portable reference kernels, always built: the fast kernel must give
- * the same integers (tests compare the two through these entry points). */
+/* The portable reference kernels, always built: the vector kernels must
+ * give the same integers (tests compare them through these entry points). */
 void pare_qlayer_run_reference(const pare_qlayer *l, const int8_t *in, int8_t *out, int8_t *work);
-/* 1 if this build runs conv and linear on the fast x86 kernel (AVX-512
- * VNNI, chosen at build time), 0 if on the reference. */
+/* Kernels for conv and linear: "reference" (portable C, always), "avx2"
+ * (x86-64 builds, CPUs with AVX2, checked at run time) and "avx512-vnni"
+ * (builds targeting VNNI, e.g. -march=native on such a CPU). By default the
+ * best one the machine runs; all give the same integers.
+ * pare_qkernel_select forces one by name (NULL or "auto": back to the
+ * default); -1 with pare_error if it is unknown or not available here. Not
+ * thread-safe: choose before running. */
+int pare_qkernel_select(const char *name);
+/* The name of the kernel that runs now. */
+const char *pare_qkernel_name(void);
+/* 1 if conv and linear run on a vector kernel (AVX2 or VNNI), 0 if on the reference. */
 int pare_qkernel_fast(void);
 
 /* ---- observers (compress/quant_observer.c) ----------------------------------- */

@@ -118,7 +118,7 @@ typedef struct qat_result {
 
 static const char *kernel_name(void)
 {
-    return pare_qkernel_fast() ? "AVX-512 VNNI" : "portable";
+    return pare_qkernel_name(); /* reference, avx2 or avx512-vnni */
 }
 
 static void print_header(const quant_args *a, const qat_result *qat)
@@ -148,8 +148,8 @@ static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeas
            base->latency_us);
     if (qat) printf("%-10s %9.2f%% %12s %10s %10s\n", "fake-quant", 100 * qat->fake_quant_acc, "", "", "");
     printf("%-10s %9.2f%% %12ld %10.0f %10.0f\n", "int8", 100 * q->acc, size, q->img_per_s, q->latency_us);
-    printf("accuracy change %+.2f points; size %.1f%% of the float file; %d thread(s) for float, 1 for int8 "
-           "(%s kernel)\n",
+    printf("accuracy change %+.2f points; size %.1f%% of the float file; %d thread(s) for both (int8 on the %s "
+           "kernel)\n",
            100 * (q->acc - base->acc), base_size > 0 ? 100.0 * size / base_size : 0, threads, kernel_name());
     if (qat)
         printf("int8 vs fake-quant model: same argmax on %d of %d test images (%.2f%%); %.3f%% of logits within one "
@@ -385,8 +385,8 @@ int mnist_eval_int8(const char *path, const char *data, int threads, int json)
     int8_speed(qm, test, scratch, &q);
     printf("model      %s (int8)\n", path);
     printf("test acc   %.2f%%  (%d images)\n", 100 * q.acc, test->n);
-    printf("speed      %.0f img/s at batch 256, %.0f us at batch 1 (%s int8 kernel, 1 thread)\n", q.img_per_s,
-           q.latency_us, kernel_name());
+    printf("speed      %.0f img/s at batch 256, %.0f us at batch 1 (%s int8 kernel, %d thread(s))\n", q.img_per_s,
+           q.latency_us, kernel_name(), threads);
     if (json) {
         cli_json j;
         cli_json_begin(&j, "eval");

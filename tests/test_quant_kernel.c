@@ -1,6 +1,9 @@
-/* The fast int8 kernel (AVX-512 VNNI, when built) against the portable
- * reference kernel: the same integers, bit for bit, on random shapes with
- * ragged edges and on the extremes of every range. */
+/* The vector int8 kernels (AVX2 and AVX-512 VNNI, where built and
+ * supported) against the portable reference kernel: the same integers, bit
+ * for bit, on random shapes with ragged edges and on the extremes of every
+ * range; and whole models run in groups of samples on several threads (with
+ * conv + max pooling fused) against the reference run one sample and one
+ * layer at a time. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,15 +15,31 @@ static int rnd(pare_rng *r, int lo, int hi)
     return lo + (int)pare_rng_below(r, (uint64_t)(hi - lo + 1));
 }
 
-/* Printed once: without VNNI both entry points run the reference, and the
- * comparisons below only check that the public path is the reference. */
+/* Printed once: without a vector kernel both entry points run the
+ * reference, and the comparisons below only check that the public path is
+ * the reference. */
 static void note_kernel(void)
 {
     static int said;
     if (!said && !pare_qkernel_fast())
-        printf("note: this build has no AVX-512 VNNI; the int8 kernel tests compare the reference with itself\n");
+        printf("note: no vector int8 kernel here; the int8 kernel tests compare the reference with itself\n");
     said = 1;
 }
+
+/* Every kernel this machine runs, each forced in turn: KERNEL_LOOP(i) { ... }
+ * runs the body once per available kernel, then goes back to the default. */
+static const char *const kernel_names[] = {"avx512-vnni", "avx2", "reference"};
+static int select_kernel(int i)
+{
+    if (i >= 3) {
+        pare_qkernel_select(NULL);
+        return 0;
+    }
+    return 1;
+}
+#define KERNEL_LOOP(i)                                                                                                 \
+    for (int i = 0; select_kernel(i); i++)                                                                             \
+        if (pare_qkernel_select(kernel_names[i]) == 0)
 
 /* How a layer's values are drawn: random, or pinned at an extreme. */
 typedef enum { FILL_RANDOM, FILL_MIN, FILL_MAX } fill_mode;
@@ -77,17 +96,25 @@ static int plan_one(pare_qlayer *l)
     return rc;
 }
 
-/* Runs l through both entry points on x and compares; 1 if identical. */
+/* Runs l through the reference and through every available kernel on x
+ * and compares; 1 if all identical. */
 static int same_outputs(const pare_qlayer *l, const int8_t *x)
 {
     size_t n_out = (size_t)l->out_h * l->out_w * l->out_c, wb = pare_qlayer_work_bytes(l);
     int8_t *y_fast = pare_alloc(n_out), *y_ref = pare_alloc(n_out);
     int8_t *work = wb ? pare_alloc(wb) : NULL;
-    memset(y_fast, 0x55, n_out);
     memset(y_ref, 0x2a, n_out);
-    pare_qlayer_run(l, x, y_fast, work);
     pare_qlayer_run_reference(l, x, y_ref, work);
-    int same = memcmp(y_fast, y_ref, n_out) == 0;
+    int same = 1;
+    KERNEL_LOOP(k)
+    {
+        memset(y_fast, 0x55, n_out);
+        pare_qlayer_run(l, x, y_fast, work);
+        if (memcmp(y_fast, y_ref, n_out) != 0) {
+            printf("  kernel %s differs from the reference\n", pare_qkernel_name());
+            same = 0;
+        }
+    }
     pare_free(y_fast);
     pare_free(y_ref);
     pare_free(work);
@@ -311,10 +338,13 @@ TEST(quant_fast_model_batches_match_reference)
                 }
         pare_qlayer_run_reference(f, b, want + s * 10, NULL);
     }
-    CHECK(pare_qmodel_forward(qm, x, 1, y, scratch, qm->scratch_bytes) == 0);
-    CHECK(memcmp(y, want, 10) == 0);
-    CHECK(pare_qmodel_forward(qm, x, 7, y, scratch, qm->scratch_bytes) == 0);
-    CHECK(memcmp(y, want, 70) == 0);
+    KERNEL_LOOP(k)
+    {
+        CHECK(pare_qmodel_forward(qm, x, 1, y, scratch, qm->scratch_bytes) == 0);
+        CHECKF(memcmp(y, want, 10) == 0, "kernel %s, batch 1", pare_qkernel_name());
+        CHECK(pare_qmodel_forward(qm, x, 7, y, scratch, qm->scratch_bytes) == 0);
+        CHECKF(memcmp(y, want, 70) == 0, "kernel %s, batch 7", pare_qkernel_name());
+    }
     pare_free(x);
     pare_free(y);
     pare_free(want);
@@ -327,54 +357,256 @@ TEST(quant_fast_model_batches_match_reference)
     free(qm);
 }
 
+/* Inputs whose quotient by scale rounds differently in float (the rule)
+ * and in double: a vector path that divided in double would disagree on
+ * them. Up to max of them go to out; returns how many were found. */
+static int rule_edges(float scale, float *out, int max)
+{
+    int found = 0;
+    for (int k = -1000; k < 1000 && found < max; k++)
+        for (int d = -8; d <= 8 && found < max; d++) {
+            float x = nextafterf((float)((k + 0.5) * scale), d < 0 ? -INFINITY : INFINITY);
+            for (int j = 0; j < abs(d); j++) x = nextafterf(x, d < 0 ? -INFINITY : INFINITY);
+            double in_double = round((double)x / scale);
+            float qf = x / scale, in_float = truncf(qf) + (fabsf(qf - truncf(qf)) >= 0.5f ? copysignf(1, qf) : 0);
+            if (in_double != (double)in_float) out[found++] = x;
+        }
+    return found;
+}
+
 /* The float entry of pare_qmodel_forward_float (vectorized in the fast
  * build) quantizes exactly as pare_quantize_value: ties, NaN, infinities,
- * values past the range. Seen through a one-layer flatten model, whose
- * output is scale * (q - zp). */
+ * values past the range, quotients that round differently in double. Seen
+ * through a one-layer flatten model, whose output is scale * (q - zp). */
 TEST(quant_fast_float_entry_matches_quantize_value)
 {
     note_kernel();
     pare_rng r;
     pare_rng_seed(&r, 36, PARE_STREAM_TEST);
+    /* a power of two (ties of 0.125 k are exact) and a scale that is not */
+    const float scales[2] = {0.25f, 0.3f};
+    float edges[64];
+    int n_edges = rule_edges(0.3f, edges, 64);
+    CHECKF(n_edges >= 8, "only %d inputs where float and double quotients round apart", n_edges);
+    /* 3 channels (strided stores) and 1 (contiguous, as MNIST) */
+    for (int run = 0; run < 4; run++) {
+        int c = run % 2 ? 1 : 3;
+        float sc = scales[run / 2];
+        pare_qmodel *qm = calloc(1, sizeof *qm);
+        pare_qlayer *f = &qm->layers[0];
+        f->kind = PARE_Q_FLATTEN;
+        f->in_h = 5;
+        f->in_w = 7;
+        f->in_c = c;
+        f->in_zp = f->out_zp = -3;
+        f->in_scale = f->out_scale = sc;
+        f->act_min = -128;
+        f->act_max = 127;
+        qm->n_layers = 1;
+        qm->in_c = c;
+        qm->in_h = 5;
+        qm->in_w = 7;
+        qm->in_zp = -3;
+        qm->in_scale = sc;
+        CHECKF(pare_qmodel_plan(qm) == 0, "%s", pare_error());
+        enum { N = 4 };
+        int per = 35 * c;
+        float *x = pare_alloc(N * per * sizeof(float)), *y = pare_alloc(N * per * sizeof(float));
+        const float special[] = {NAN,      INFINITY, -INFINITY, 1e30f,       -1e30f,      0.125f,
+                                 -0.125f,  0.375f,   -0.375f,   31.875f,     -31.875f,    32.125f,
+                                 -31.125f, 0.0f,     -0.0f,     0.12499999f, -0.12500001f};
+        int n_special = (int)(sizeof special / sizeof *special);
+        for (int i = 0; i < N * per; i++)
+            x[i] = i < n_special             ? special[i]
+                   : i < n_special + n_edges ? edges[i - n_special]
+                   : i % 3                   ? 0.125f * (float)rnd(&r, -300, 300) /* ties of scale 0.25 */
+                                             : pare_rng_range(&r, -40, 40);
+        void *scratch = pare_alloc(qm->scratch_bytes);
+        CHECK(pare_qmodel_forward_float(qm, x, N, y, scratch, qm->scratch_bytes) == 0);
+        pare_qparams p = {sc, -3, -128, 127};
+        int bad = 0;
+        for (int s = 0; s < N; s++)
+            for (int ch = 0; ch < c; ch++)
+                for (int i = 0; i < 35; i++) {
+                    /* input NCHW, output NHWC-flat */
+                    float want = sc * (float)(pare_quantize_value(x[s * per + ch * 35 + i], &p) + 3);
+                    bad += y[s * per + i * c + ch] != want;
+                }
+        CHECKF(bad == 0, "%d channels, scale %g: %d values quantized differently", c, (double)sc, bad);
+        pare_free(x);
+        pare_free(y);
+        pare_free(scratch);
+        free(qm);
+    }
+}
+
+/* A layer of the given kind after the model's last one (its input the
+ * previous output, quantization chained); the caller sets its shape
+ * parameters, then finish() adds it and plans the model. */
+static pare_qlayer *append(pare_qmodel *qm, pare_qkind kind, pare_rng *r)
+{
+    pare_qlayer *l = &qm->layers[qm->n_layers];
+    base_layer(l, kind, r);
+    if (qm->n_layers == 0) {
+        l->in_h = qm->in_h, l->in_w = qm->in_w, l->in_c = qm->in_c;
+        l->in_zp = qm->in_zp, l->in_scale = qm->in_scale;
+    } else {
+        const pare_qlayer *p = l - 1;
+        l->in_h = p->out_h, l->in_w = p->out_w, l->in_c = p->out_c;
+        l->in_zp = p->out_zp, l->in_scale = p->out_scale;
+    }
+    if (kind == PARE_Q_MAXPOOL || kind == PARE_Q_FLATTEN) {
+        l->out_zp = l->in_zp;
+        l->out_scale = l->in_scale;
+        l->act_min = -128, l->act_max = 127;
+    }
+    if (kind == PARE_Q_MAXPOOL) {
+        /* a pooling clamp of its own: the same, narrower, or disjoint
+         * from the conv's (above or below it: the output is a constant) */
+        pare_qlayer *p = l - 1;
+        int mode = rnd(r, 0, 3);
+        if (mode == 1) l->act_min = rnd(r, -128, 0), l->act_max = rnd(r, 0, 127);
+        if (mode == 2 && p->act_min <= 100) {
+            p->act_max = rnd(r, p->act_min, p->act_min + 20);
+            l->act_min = rnd(r, p->act_max + 1, 127);
+        }
+        if (mode == 3 && p->act_max >= -100) {
+            p->act_min = rnd(r, p->act_max - 20, p->act_max);
+            l->act_max = rnd(r, -128, p->act_min - 1);
+        }
+    }
+    return l;
+}
+
+/* Random weights for a conv or linear layer, the layer added, the model planned. */
+static int finish(pare_qmodel *qm, pare_qlayer *l, pare_rng *r)
+{
+    if (l->kind == PARE_Q_CONV) fill_params(l, l->kernel * l->kernel * l->in_c, r, FILL_RANDOM, 0);
+    if (l->kind == PARE_Q_LINEAR) fill_params(l, l->in_c, r, FILL_RANDOM, 0);
+    qm->n_layers++;
+    return pare_qmodel_plan(qm);
+}
+
+/* conv [-> maxpool] -> conv [-> maxpool] -> flatten -> linear -> linear,
+ * random sizes; the max poolings 2x2 stride 2 (fused by the vector
+ * kernels) or 3x3 / stride 1 (not fused), on odd and even sizes. */
+static pare_qmodel *random_model(pare_rng *r, int trial)
+{
     pare_qmodel *qm = calloc(1, sizeof *qm);
-    pare_qlayer *f = &qm->layers[0];
-    f->kind = PARE_Q_FLATTEN;
-    f->in_h = 5;
-    f->in_w = 7;
-    f->in_c = 3;
-    f->in_zp = f->out_zp = -3;
-    f->in_scale = f->out_scale = 0.25f;
-    f->act_min = -128;
-    f->act_max = 127;
-    qm->n_layers = 1;
-    qm->in_c = 3;
-    qm->in_h = 5;
-    qm->in_w = 7;
-    qm->in_zp = -3;
-    qm->in_scale = 0.25f;
-    CHECKF(pare_qmodel_plan(qm) == 0, "%s", pare_error());
-    enum { N = 4, PER = 105 };
-    float *x = pare_alloc(N * PER * sizeof(float)), *y = pare_alloc(N * PER * sizeof(float));
-    const float special[] = {NAN,     INFINITY, -INFINITY, 1e30f,    -1e30f, 0.125f, -0.125f,     0.375f,      -0.375f,
-                             31.875f, -31.875f, 32.125f,   -31.125f, 0.0f,   -0.0f,  0.12499999f, -0.12500001f};
-    for (int i = 0; i < N * PER; i++)
-        x[i] = i < (int)(sizeof special / sizeof *special) ? special[i]
-               : i % 3                                     ? 0.125f * (float)rnd(&r, -300, 300) /* ties of scale 0.25 */
-                                                           : pare_rng_range(&r, -40, 40);
-    void *scratch = pare_alloc(qm->scratch_bytes);
-    CHECK(pare_qmodel_forward_float(qm, x, N, y, scratch, qm->scratch_bytes) == 0);
-    pare_qparams p = {0.25f, -3, -128, 127};
-    int bad = 0;
-    for (int s = 0; s < N; s++)
-        for (int ch = 0; ch < 3; ch++)
-            for (int i = 0; i < 35; i++) {
-                /* input NCHW, output NHWC-flat */
-                float want = 0.25f * (float)(pare_quantize_value(x[s * PER + ch * 35 + i], &p) + 3);
-                bad += y[s * PER + i * 3 + ch] != want;
-            }
-    CHECKF(bad == 0, "%d values quantized differently", bad);
-    pare_free(x);
-    pare_free(y);
-    pare_free(scratch);
+    qm->in_h = rnd(r, 6, 14);
+    qm->in_w = rnd(r, 6, 14);
+    qm->in_c = rnd(r, 1, 5);
+    qm->in_zp = rnd(r, -128, 127);
+    qm->in_scale = 0.02f;
+    for (int c = 0; c < 2; c++) {
+        pare_qlayer *l = append(qm, PARE_Q_CONV, r);
+        int fit = l->in_h < l->in_w ? l->in_h : l->in_w;
+        l->kernel = rnd(r, 1, fit < 3 ? fit : 3);
+        l->stride = c == 0 && trial % 4 == 3 ? 2 : 1;
+        l->pad = rnd(r, 0, l->kernel - 1);
+        l->out_c = trial % 5 == 0 ? 16 * (c + 1) : rnd(r, 1, 40);
+        if (finish(qm, l, r)) goto fail;
+        if (rnd(r, 0, 3) && l->out_h >= 3 && l->out_w >= 3) {
+            pare_qlayer *p = append(qm, PARE_Q_MAXPOOL, r);
+            p->kernel = rnd(r, 0, 5) ? 2 : 3;
+            p->stride = p->kernel == 2 ? 2 : 1;
+            if (finish(qm, p, r)) goto fail;
+        }
+    }
+    if (finish(qm, append(qm, PARE_Q_FLATTEN, r), r)) goto fail;
+    pare_qlayer *f = append(qm, PARE_Q_LINEAR, r);
+    f->out_c = rnd(r, 1, 70);
+    if (finish(qm, f, r)) goto fail;
+    f = append(qm, PARE_Q_LINEAR, r);
+    f->out_c = rnd(r, 1, 12);
+    if (finish(qm, f, r)) goto fail;
+    return qm;
+fail:
+    printf("  random model %d: %s\n", trial, pare_error());
+    return qm;
+}
+
+static void free_model(pare_qmodel *qm)
+{
+    for (int i = 0; i < qm->n_layers; i++) free_params(&qm->layers[i]);
     free(qm);
+}
+
+/* One sample through the model with the reference kernels, layer by layer. */
+static void reference_forward(const pare_qmodel *qm, const int8_t *x, int8_t *y)
+{
+    size_t big = (size_t)qm->in_h * qm->in_w * qm->in_c, wb = 0;
+    for (int i = 0; i < qm->n_layers; i++) {
+        const pare_qlayer *l = &qm->layers[i];
+        size_t n = (size_t)l->out_h * l->out_w * l->out_c;
+        big = n > big ? n : big;
+        wb = pare_qlayer_work_bytes(l) > wb ? pare_qlayer_work_bytes(l) : wb;
+    }
+    int8_t *a = pare_alloc(big), *b = pare_alloc(big), *work = pare_alloc(wb + 1);
+    memcpy(a, x, (size_t)qm->in_h * qm->in_w * qm->in_c);
+    for (int i = 0; i < qm->n_layers; i++) {
+        pare_qlayer_run_reference(&qm->layers[i], a, b, work);
+        int8_t *t = a;
+        a = b;
+        b = t;
+    }
+    memcpy(y, a, (size_t)qm->n_out);
+    pare_free(a);
+    pare_free(b);
+    pare_free(work);
+}
+
+/* Batches of every size around the group (PARE_QGROUP) and tile sizes, on
+ * 1, 2 and 3 threads, with every kernel: the same bytes as the reference
+ * run sample by sample. */
+TEST(quant_batched_threaded_forward_matches_reference)
+{
+    note_kernel();
+    pare_rng r;
+    pare_rng_seed(&r, 37, PARE_STREAM_TEST);
+    int saved = pare_threads();
+    const int batches[] = {1, 2, 5, PARE_QGROUP, PARE_QGROUP + 1, 17, 40};
+    enum { NB = sizeof batches / sizeof batches[0], MAXN = 40 };
+    for (int trial = 0; trial < 16; trial++) {
+        pare_qmodel *qm = random_model(&r, trial);
+        CHECKF(qm->n_layers >= 5 && pare_qmodel_plan(qm) == 0, "trial %d: %s", trial, pare_error());
+        if (pare_qmodel_plan(qm)) {
+            free_model(qm);
+            continue;
+        }
+        size_t in_n = (size_t)qm->in_h * qm->in_w * qm->in_c, out_n = (size_t)qm->n_out;
+        int8_t *x = input(MAXN * in_n, &r, FILL_RANDOM), *want = pare_alloc(MAXN * out_n),
+               *y = pare_alloc(MAXN * out_n);
+        for (int s = 0; s < MAXN; s++) reference_forward(qm, x + s * in_n, want + s * out_n);
+        void *scratch = pare_alloc(qm->scratch_bytes);
+        int bad = 0;
+        KERNEL_LOOP(k)
+        for (int th = 1; th <= 3; th++) {
+            pare_set_threads(th);
+            for (int b = 0; b < NB; b++) {
+                int n = batches[b];
+                memset(y, 0x5a, (size_t)n * out_n);
+                CHECK(pare_qmodel_forward(qm, x, n, y, scratch, qm->scratch_bytes) == 0);
+                if (memcmp(y, want, (size_t)n * out_n) != 0 && bad++ < 3)
+                    printf("  trial %d: kernel %s, %d threads, batch %d differs\n", trial, pare_qkernel_name(), th, n);
+            }
+        }
+        CHECKF(bad == 0, "trial %d: %d batched forwards differ from the reference", trial, bad);
+        pare_set_threads(saved);
+        pare_free(x);
+        pare_free(want);
+        pare_free(y);
+        pare_free(scratch);
+        free_model(qm);
+    }
+}
+
+/* Kernel names: unknown ones are refused, the default comes back. */
+TEST(quant_kernel_select_by_name)
+{
+    const char *def = pare_qkernel_name();
+    CHECK(pare_qkernel_select("no-such-kernel") == -1);
+    CHECK(pare_qkernel_select("reference") == 0 && !strcmp(pare_qkernel_name(), "reference") && !pare_qkernel_fast());
+    CHECK(pare_qkernel_select("auto") == 0 && !strcmp(pare_qkernel_name(), def));
+    CHECK(pare_qkernel_select(NULL) == 0 && !strcmp(pare_qkernel_name(), def));
 }
