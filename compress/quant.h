@@ -125,7 +125,18 @@ static inline int32_t pare_mul_by_quantized_multiplier(int32_t x, int32_t m, int
 /* ---- the int8 model ---------------------------------------------------------
  * Activations NHWC, weights OHWI (conv) or [out][in] (linear), per sample.
  * Integer only: the reference kernels use no float. */
-typedef enum pare_qkind { PARE_Q_CONV = 1, PARE_Q_LINEAR, PARE_Q_MAXPOOL, PARE_Q_FLATTEN } pare_qkind;
+/* AVGPOOL: the window's sum of (q - in_zp) requantized by mult[0], shift[0]
+ * (the real multiplier s_in / (s_out * window)) to its own output
+ * parameters. LUT: an elementwise function (Sigmoid, Tanh) as a table of 256
+ * outputs indexed by the input + 128, computed at conversion. */
+typedef enum pare_qkind {
+    PARE_Q_CONV = 1,
+    PARE_Q_LINEAR,
+    PARE_Q_MAXPOOL,
+    PARE_Q_FLATTEN,
+    PARE_Q_AVGPOOL,
+    PARE_Q_LUT
+} pare_qkind;
 
 typedef struct pare_qlayer {
     pare_qkind kind;
@@ -144,6 +155,7 @@ typedef struct pare_qlayer {
     int32_t *shift; /* out_c shifts */
     float *w_scale; /* out_c, kept for inspection and float references */
     int weight_bits;
+    int8_t *lut;        /* PARE_Q_LUT: 256 outputs, indexed by the input + 128 */
     size_t work_offset; /* set by pare_qmodel_plan: this layer's area in the scratch */
 } pare_qlayer;
 

@@ -32,7 +32,7 @@ enum { MCFG_VERSION, MCFG_LAYERS, MCFG_IN_C, MCFG_IN_H, MCFG_IN_W, MCFG_IN_ZP, M
 
 /* Names of one layer's tensors, built in a fixed buffer. */
 typedef struct names {
-    char cfg[32], scales[32], weight[32], bias[32], mult[32], shift[32], wscale[32], meta[32];
+    char cfg[32], scales[32], weight[32], bias[32], mult[32], shift[32], wscale[32], lut[32], meta[32];
 } names;
 
 static void layer_names(names *n, int i)
@@ -45,12 +45,21 @@ static void layer_names(names *n, int i)
     snprintf(n->mult, sizeof n->mult, "layer%d.multiplier", i);
     snprintf(n->shift, sizeof n->shift, "layer%d.shift", i);
     snprintf(n->wscale, sizeof n->wscale, "layer%d.weight_scale", i);
+    snprintf(n->lut, sizeof n->lut, "layer%d.lut", i);
     snprintf(n->meta, sizeof n->meta, "pare.layer%d", i);
 }
 
 static int has_weights(const pare_qlayer *l)
 {
     return l->kind == PARE_Q_CONV || l->kind == PARE_Q_LINEAR;
+}
+
+/* Tensors a layer adds to its config and scales: weights, bias,
+ * multipliers, shifts and channel scales; an average pool's one multiplier
+ * and shift; a table. */
+static int extra_tensors(const pare_qlayer *l)
+{
+    return has_weights(l) ? 5 : l->kind == PARE_Q_AVGPOOL ? 2 : l->kind == PARE_Q_LUT ? 1 : 0;
 }
 
 static size_t weight_count(const pare_qlayer *l)
@@ -145,6 +154,15 @@ int pare_qmodel_save(const pare_qmodel *qm, const char *path)
         t[nt++] = entry(nm[i].cfg, PARE_ST_I32, 1, shp, c);
         shp[0] = 2;
         t[nt++] = entry(nm[i].scales, PARE_ST_F32, 1, shp, sc + 2 * i);
+        if (l->kind == PARE_Q_AVGPOOL) {
+            shp[0] = 1;
+            t[nt++] = entry(nm[i].mult, PARE_ST_I32, 1, shp, l->mult);
+            t[nt++] = entry(nm[i].shift, PARE_ST_I32, 1, shp, l->shift);
+        }
+        if (l->kind == PARE_Q_LUT) {
+            shp[0] = 256;
+            t[nt++] = entry(nm[i].lut, PARE_ST_I8, 1, shp, l->lut);
+        }
         if (!has_weights(l)) continue;
         if (l->weight_bits < 2 || l->weight_bits > 8) {
             rc = pare_set_error("int8 layer %s: weight bits %d (2 to 8)", l->name, l->weight_bits);
@@ -188,7 +206,7 @@ static int read_i32(const pare_st_file *f, const char *name, int n, int32_t *dst
 /* Fields that size arrays are checked before any allocation. */
 static int load_config(pare_qlayer *l, const int32_t *c, int i)
 {
-    if (c[CFG_KIND] < PARE_Q_CONV || c[CFG_KIND] > PARE_Q_FLATTEN)
+    if (c[CFG_KIND] < PARE_Q_CONV || c[CFG_KIND] > PARE_Q_LUT)
         return pare_set_error("int8 layer %d: unknown kind %d", i, (int)c[CFG_KIND]);
     for (int k = CFG_IN_H; k <= CFG_PAD; k++)
         if (c[k] < 0 || c[k] > (1 << 14))
@@ -262,6 +280,16 @@ static int load_layer(const pare_st_file *f, pare_qmodel *qm, int i)
     l->out_scale = sc[1];
     const char *name = pare_st_meta(f, nm.meta);
     snprintf(l->name, sizeof l->name, "%s", name ? name : "");
+    if (l->kind == PARE_Q_AVGPOOL) {
+        l->mult = pare_alloc(sizeof(int32_t));
+        l->shift = pare_alloc(sizeof(int32_t));
+        return read_i32(f, nm.mult, 1, l->mult) || read_i32(f, nm.shift, 1, l->shift) ? -1 : 0;
+    }
+    if (l->kind == PARE_Q_LUT) {
+        int n = 256;
+        l->lut = pare_alloc(256);
+        return pare_st_read(f, nm.lut, PARE_ST_I8, 1, &n, l->lut);
+    }
     return has_weights(l) ? load_arrays(f, l, &nm) : 0;
 }
 
@@ -269,7 +297,7 @@ static int load_layer(const pare_st_file *f, pare_qmodel *qm, int i)
 static int count_expected(const pare_qmodel *qm)
 {
     int n = 2;
-    for (int i = 0; i < qm->n_layers; i++) n += has_weights(&qm->layers[i]) ? 7 : 2;
+    for (int i = 0; i < qm->n_layers; i++) n += 2 + extra_tensors(&qm->layers[i]);
     return n;
 }
 

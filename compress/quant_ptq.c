@@ -102,8 +102,13 @@ const pare_observer *pare_quant_observer(pare_model *m, int layer)
 
 pare_quant_config pare_quant_defaults(void)
 {
-    pare_quant_config c = {.weight_bits = 8, .act_bits = 8, .per_tensor = 0, .observer = PARE_OBSERVE_MINMAX,
-                           .averaging = 0.01f, .hist_bins = 2048, .percentile = 99.99f};
+    pare_quant_config c = {.weight_bits = 8,
+                           .act_bits = 8,
+                           .per_tensor = 0,
+                           .observer = PARE_OBSERVE_MINMAX,
+                           .averaging = 0.01f,
+                           .hist_bins = 2048,
+                           .percentile = 99.99f};
     return c;
 }
 
@@ -222,8 +227,7 @@ static int quantize_params(convert_state *s, pare_qlayer *q, const float *w, int
     q->mult = pare_alloc((size_t)rows * sizeof(int32_t));
     q->shift = pare_alloc((size_t)rows * sizeof(int32_t));
     q->w_scale = pare_alloc((size_t)rows * sizeof(float));
-    if (pare_quantize_weight(w, rows, cols, s->cfg->weight_bits, s->cfg->per_tensor, q->weight, q->w_scale))
-        return -1;
+    if (pare_quantize_weight(w, rows, cols, s->cfg->weight_bits, s->cfg->per_tensor, q->weight, q->w_scale)) return -1;
     q->out_c = rows;
     q->out_scale = out->scale;
     q->out_zp = out->zero_point;
@@ -313,7 +317,10 @@ static int convert_conv(convert_state *s, int i)
     s->h = l->out_shape[1];
     s->w = l->out_shape[2];
     note(s->qm, "%s: Conv2d%s -> int8 conv", l->name,
-         bn && relu ? " + BatchNorm2d (folded) + ReLU" : bn ? " + BatchNorm2d (folded)" : relu ? " + ReLU" : "");
+         bn && relu ? " + BatchNorm2d (folded) + ReLU"
+         : bn       ? " + BatchNorm2d (folded)"
+         : relu     ? " + ReLU"
+                    : "");
     return taken;
 }
 
@@ -347,12 +354,80 @@ static int convert_linear(convert_state *s, int i)
     return taken;
 }
 
+/* Average pooling to its own output parameters: the window's sum of
+ * (q - zp_in) times s_in / (s_out * window) in fixed point. */
+static int convert_avgpool(convert_state *s, int i, const char *name)
+{
+    pare_layer *l = s->m->layers[i];
+    pare_qparams out;
+    if (act_params(s, i, &out)) return -1;
+    pare_qlayer *q = new_qlayer(s, PARE_Q_AVGPOOL, name);
+    if (!q) return -1;
+    q->kernel = l->kernel;
+    q->stride = l->stride;
+    q->out_c = s->c;
+    q->mult = pare_alloc(sizeof(int32_t));
+    q->shift = pare_alloc(sizeof(int32_t));
+    int sh;
+    if (pare_quantize_multiplier((double)s->scale / ((double)out.scale * l->kernel * l->kernel), q->mult, &sh))
+        return -1;
+    q->shift[0] = sh;
+    q->out_scale = out.scale;
+    q->out_zp = out.zero_point;
+    q->act_min = out.qmin;
+    q->act_max = out.qmax;
+    s->h = l->out_shape[1];
+    s->w = l->out_shape[2];
+    s->scale = out.scale;
+    s->zp = out.zero_point;
+    note(s->qm, "%s: AvgPool2d -> int8 average pool (requantized)%s", name, "");
+    return 1;
+}
+
+/* Sigmoid or Tanh as a table over the 256 int8 inputs: each input value
+ * dequantized, through the float layer's own op (so the table holds the
+ * very floats the fake-quant model computes), quantized to the output's
+ * observed parameters. */
+static int convert_lut(convert_state *s, int i, const char *name)
+{
+    pare_layer *l = s->m->layers[i];
+    pare_qparams out, in = {s->scale, s->zp, -128, 127};
+    if (act_params(s, i, &out)) return -1;
+    pare_qlayer *q = new_qlayer(s, PARE_Q_LUT, name);
+    if (!q) return -1;
+    int n = 256;
+    pare_tensor *x = pare_ctx_tensor(s->ctx, 1, &n);
+    for (int v = 0; v < n; v++) x->data[v] = pare_dequantize_value(v - 128, &in);
+    pare_tensor *y = l->kind == PARE_SIGMOID ? pare_f_sigmoid(s->ctx, x) : pare_f_tanh(s->ctx, x);
+    q->lut = pare_alloc(256);
+    for (int v = 0; v < n; v++) q->lut[v] = (int8_t)pare_quantize_value(y->data[v], &out);
+    q->out_c = s->c;
+    q->out_scale = out.scale;
+    q->out_zp = out.zero_point;
+    q->act_min = out.qmin;
+    q->act_max = out.qmax;
+    s->scale = out.scale;
+    s->zp = out.zero_point;
+    note(s->qm, "%s: %s -> int8 lookup table", name, l->type->type_name);
+    return 1;
+}
+
 static int convert_one(convert_state *s, int i)
 {
     pare_layer *l = s->m->layers[i];
     char name[PARE_NAME_MAX];
-    snprintf(name, sizeof name, "%s%d", l->kind == PARE_MAXPOOL2D ? "maxpool" : "flatten", i);
+    const char *base = l->kind == PARE_MAXPOOL2D   ? "maxpool"
+                       : l->kind == PARE_AVGPOOL2D ? "avgpool"
+                       : l->kind == PARE_SIGMOID   ? "sigmoid"
+                       : l->kind == PARE_TANH      ? "tanh"
+                                                   : "flatten";
+    snprintf(name, sizeof name, "%s%d", base, i);
     switch (l->kind) {
+    case PARE_AVGPOOL2D:
+        return convert_avgpool(s, i, name);
+    case PARE_SIGMOID:
+    case PARE_TANH:
+        return convert_lut(s, i, name);
     case PARE_CONV2D:
         return convert_conv(s, i);
     case PARE_LINEAR:
@@ -404,8 +479,8 @@ static int convert_one(convert_state *s, int i)
         break;
     }
     return pare_set_error("convert: layer %d (%s, %s) has no int8 kernel here; the int8 runtime runs Conv2d (with "
-                          "a BatchNorm2d after it, folded), Linear, ReLU, MaxPool2d, Flatten, Dropout and a final "
-                          "(Log)Softmax",
+                          "a BatchNorm2d after it, folded), Linear, ReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, "
+                          "Flatten, Dropout and a final (Log)Softmax",
                           i, layer_label(l), l->type->type_name);
 }
 

@@ -47,8 +47,8 @@ int pare_fold_batchnorm(pare_model *m, char (*notes)[128], int max_notes)
             return pare_set_error("fold BatchNorm: %s has %d channels, %s outputs %d", bn->name, bn->in_features,
                                   conv->name, conv->out_features);
         if (conv->weight_hooks.n)
-            return pare_set_error("fold BatchNorm: %s has weight hooks (%s); fold before pruning or QAT",
-                                  conv->name, conv->weight_hooks.hooks[0]->name);
+            return pare_set_error("fold BatchNorm: %s has weight hooks (%s); fold before pruning or QAT", conv->name,
+                                  conv->weight_hooks.hooks[0]->name);
         fold_into(conv, bn);
         if (notes && folded < max_notes) {
             char line[2 * PARE_NAME_MAX + 64];
@@ -58,8 +58,8 @@ int pare_fold_batchnorm(pare_model *m, char (*notes)[128], int max_notes)
         folded++;
         if (pare_model_remove(m, i + 1)) return -1;
     }
-    if (!m->built && pare_build(m, m->in_shape[0], m->in_ndim == 3 ? m->in_shape[1] : 0,
-                                m->in_ndim == 3 ? m->in_shape[2] : 0))
+    if (!m->built &&
+        pare_build(m, m->in_shape[0], m->in_ndim == 3 ? m->in_shape[1] : 0, m->in_ndim == 3 ? m->in_shape[2] : 0))
         return -1;
     return folded;
 }
@@ -152,6 +152,11 @@ static int qat_points(const pare_model *m, int *points, int *n_points)
             i += relu;
             break;
         }
+        case PARE_AVGPOOL2D: /* requantized to their own parameters */
+        case PARE_SIGMOID:
+        case PARE_TANH:
+            points[(*n_points)++] = i;
+            break;
         case PARE_MAXPOOL2D:
         case PARE_FLATTEN:
         case PARE_DROPOUT:
@@ -163,8 +168,8 @@ static int qat_points(const pare_model *m, int *points, int *n_points)
             /* fall through */
         default:
             return pare_set_error("QAT: layer %d (%s, %s) has no int8 kernel; the int8 runtime runs Conv2d (with a "
-                                  "BatchNorm2d after it, folded), Linear, ReLU, MaxPool2d, Flatten, Dropout and a "
-                                  "final (Log)Softmax",
+                                  "BatchNorm2d after it, folded), Linear, ReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, "
+                                  "Flatten, Dropout and a final (Log)Softmax",
                                   i, l->name[0] ? l->name : l->type->type_name, l->type->type_name);
         }
     }
@@ -239,8 +244,8 @@ int pare_quant_agreement(pare_ctx *ctx, pare_model *m, const pare_qmodel *qm, co
         pare_tensor *y = pare_forward_layers(ctx, m, b.x, 0, end);
         int k = y ? (int)(y->size / (size_t)b.n) : 0;
         if (!y || k != qm->n_out) {
-            rc = y ? pare_set_error("agreement: the float model gives %d outputs, the int8 model %d", k, qm->n_out)
-                   : -1;
+            rc =
+                y ? pare_set_error("agreement: the float model gives %d outputs, the int8 model %d", k, qm->n_out) : -1;
         } else if (pare_qmodel_forward_float(qm, b.x->data, b.n, q_out, scratch, qm->scratch_bytes)) {
             rc = -1;
         } else {

@@ -47,6 +47,7 @@ void pare_qmodel_free(pare_qmodel *qm)
         pare_free(l->mult);
         pare_free(l->shift);
         pare_free(l->w_scale);
+        pare_free(l->lut);
     }
     pare_free(qm);
 }
@@ -118,6 +119,24 @@ static int plan_layer(pare_qlayer *l)
             return pare_set_error("int8 layer %s: flatten keeps its input's quantization", l->name);
         l->out_h = l->out_w = 1;
         l->out_c = l->in_h * l->in_w * l->in_c;
+        return 0;
+    case PARE_Q_AVGPOOL:
+        if (l->kernel < 1 || l->stride < 1 || l->kernel > 64 || l->stride > 64 || l->pad)
+            return pare_set_error("int8 layer %s: kernel %d, stride %d, padding %d are not valid", l->name, l->kernel,
+                                  l->stride, l->pad);
+        if (l->in_h < l->kernel || l->in_w < l->kernel)
+            return pare_set_error("int8 layer %s: the window does not fit the %dx%d input", l->name, l->in_h, l->in_w);
+        if (!l->mult || !l->shift || l->mult[0] < 0 || l->shift[0] < -31 || l->shift[0] > 30)
+            return pare_set_error("int8 layer %s: average pooling needs a valid multiplier and shift", l->name);
+        l->out_h = (l->in_h - l->kernel) / l->stride + 1;
+        l->out_w = (l->in_w - l->kernel) / l->stride + 1;
+        l->out_c = l->in_c;
+        return check_dims(l, "output", l->out_h, l->out_w, l->out_c);
+    case PARE_Q_LUT:
+        if (!l->lut) return pare_set_error("int8 layer %s: the lookup table is missing", l->name);
+        l->out_h = l->in_h;
+        l->out_w = l->in_w;
+        l->out_c = l->in_c;
         return 0;
     }
     return pare_set_error("int8 layer %d: unknown kind", (int)l->kind);
@@ -355,6 +374,36 @@ static void maxpool_run(const pare_qlayer *l, const int8_t *in, int8_t *out)
                 }
             for (size_t ch = 0; ch < c; ch++) dst[ch] = dst[ch] < hi ? dst[ch] : hi;
         }
+}
+
+/* The window's sum of (q - in_zp), at most 255 * 64 * 64 in magnitude, times
+ * the real multiplier s_in / (s_out * window) in fixed point: the mean, in
+ * the output's parameters. */
+static void avgpool_run(const pare_qlayer *l, const int8_t *in, int8_t *out)
+{
+    int k = l->kernel, c = l->in_c;
+    for (int oy = 0; oy < l->out_h; oy++)
+        for (int ox = 0; ox < l->out_w; ox++)
+            for (int ch = 0; ch < c; ch++) {
+                int32_t sum = 0;
+                for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++)
+                        sum += in[(((size_t)(oy * l->stride + ky) * l->in_w) + (size_t)ox * l->stride + kx) * c + ch] -
+                               l->in_zp;
+                int32_t v = pare_mul_by_quantized_multiplier(sum, l->mult[0], l->shift[0]) + l->out_zp;
+                v = v < l->act_min ? l->act_min : v > l->act_max ? l->act_max : v;
+                out[((size_t)oy * l->out_w + ox) * c + ch] = (int8_t)v;
+            }
+}
+
+/* n values through the table, then the clamp (a ReLU after it). */
+static void lut_run(const pare_qlayer *l, const int8_t *in, size_t n, int8_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        /* (uint8_t)x ^ 0x80 is x + 128 */
+        int32_t v = l->lut[(uint8_t)in[i] ^ 0x80u]; // NOLINT(bugprone-signed-char-misuse): int8 values
+        out[i] = (int8_t)(v < l->act_min ? l->act_min : v > l->act_max ? l->act_max : v);
+    }
 }
 
 /* ---- the fast kernel: AVX-512 VNNI ------------------------------------------
@@ -1402,6 +1451,12 @@ static void run_one(int k, const pare_qlayer *l, const int8_t *in, int8_t *out, 
     case PARE_Q_FLATTEN:
         memmove(out, in, (size_t)l->out_c);
         break; /* NHWC order is already flat */
+    case PARE_Q_AVGPOOL:
+        avgpool_run(l, in, out);
+        break;
+    case PARE_Q_LUT:
+        lut_run(l, in, (size_t)l->in_h * l->in_w * l->in_c, out);
+        break;
     }
 }
 
@@ -1449,6 +1504,10 @@ static const int8_t *run_group(const pare_qmodel *qm, int k, const int8_t *in, i
         if (l->kind == PARE_Q_FLATTEN) continue; /* NHWC order is already flat */
         if (l->kind == PARE_Q_MAXPOOL)
             for (int s = 0; s < n; s++) maxpool_run(l, cur + s * in_size, dst + s * out_size);
+        else if (l->kind == PARE_Q_AVGPOOL)
+            for (int s = 0; s < n; s++) avgpool_run(l, cur + s * in_size, dst + s * out_size);
+        else if (l->kind == PARE_Q_LUT)
+            lut_run(l, cur, (size_t)n * in_size, dst);
         else
             k_run(k, l, pool, cur, n, dst, scratch + l->work_offset, tmp);
         i += pool != NULL; /* the pooling is done */

@@ -142,8 +142,7 @@ static void print_report(const quant_args *a, const pare_qmodel *qm, const qmeas
     print_header(a, qat);
     for (int i = 0; qat && i < qat->n_notes; i++) printf("  %s\n", qat->notes[i]);
     for (int i = 0; i < qm->n_notes; i++) printf("  %s\n", qm->notes[i]);
-    printf("left in float: none\n\n%-10s %10s %12s %10s %10s\n", "model", "test_acc", "size_bytes", "img/s",
-           "us(b=1)");
+    printf("left in float: none\n\n%-10s %10s %12s %10s %10s\n", "model", "test_acc", "size_bytes", "img/s", "us(b=1)");
     printf("%-10s %9.2f%% %12ld %10.0f %10.0f\n", "float", 100 * base->acc, base_size, base->img_per_s,
            base->latency_us);
     if (qat) printf("%-10s %9.2f%% %12s %10s %10s\n", "fake-quant", 100 * qat->fake_quant_acc, "", "", "");
