@@ -82,6 +82,10 @@ bench: $(BENCH_BIN) $(BUILD)/mnist
 	    $(BUILD)/mnist train --arch seedcnn --epochs 1 >/dev/null 2>$(BUILD)/bench_rss.log; \
 	  tail -n 1 $(BUILD)/bench_rss.log; \
 	else echo "(peak memory: needs data/mnist, run make data, and /usr/bin/time)"; fi
+	@if /usr/bin/python3 -c "import torch" 2>/dev/null; then \
+	  echo "== PyTorch on the same protocol, this run (bench/torch_compare.py)"; \
+	  /usr/bin/python3 bench/torch_compare.py || exit 1; \
+	else echo "(PyTorch side by side: install Debian's python3-torch; make bench-torch runs that part alone)"; fi
 
 # The same protocol in PyTorch (Debian's python3-torch), side by side.
 bench-torch: $(BUILD)/bench_train $(BUILD)/bench_int8
