@@ -303,7 +303,7 @@ int mnist_quantize(int argc, char **argv)
          "minmax, moving-average (c = 0.01), histogram (the range of least squared error) or percentile; default "
          "minmax for static, moving-average for qat"},
         {"--percentile", CLI_FLOAT, &a.percentile, "p of --observer percentile: range [100-p, p] (default 99.99)"},
-        {"--threads", CLI_INT, &a.threads, "threads for the float model (default: all cores)"},
+        {"--threads", CLI_INT, &a.threads, "threads for the float and int8 models (default: all cores)"},
         {"--data", CLI_STR, &a.data, "directory of the MNIST IDX files (default data/mnist)"},
         {"--out", CLI_STR, &a.out, "write the int8 model here (safetensors, pare.format int8 or int8-dynamic)"},
         {"--json", CLI_FLAG, &a.json, "end stdout with one JSON line"},
