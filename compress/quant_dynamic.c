@@ -13,9 +13,12 @@
  *
  * The float weight stays on the layer (its shape is the layer's shape rule
  * and parameter count) but is overwritten by the dequantized int8 values, so
- * it describes exactly what the kernel computes. The kernels are portable C
- * of their own (quant_runtime.c's are NHWC and requantize to int8, which
- * does not fit a float NCHW model). */
+ * it describes exactly what the kernel computes. The kernels are their own
+ * (quant_runtime.c's are NHWC and requantize to int8, which does not fit a
+ * float NCHW model): portable C on int16, or AVX-512 VNNI on bytes where
+ * the build targets it, both exact in int32, so the outputs are the same
+ * bits either way (tests/test_quant_dynamic.c checks both builds against a
+ * naive loop). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,11 +27,27 @@
 #include "nn/json.h"
 #include "nn/safetensors.h"
 
+/* VNNI: when the build targets it (-march=native on a VNNI machine); the
+ * portable int16 kernel otherwise. Both give the same int32 sums exactly,
+ * so the same outputs bit for bit. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__) && !defined(PARE_NO_QFAST)
+#define DQ_VNNI 1
+#include <immintrin.h>
+#endif
+
 typedef struct dq_state {
     int8_t *w;    /* [out][K], K = in (Linear) or in * k * k (Conv2d) */
-    int16_t *w16; /* the same widened once: the kernels' dot products are int16 x int16 (pmaddwd) */
+    int16_t *w16; /* the same widened once (portable kernel only): its dot products are int16 x int16 (pmaddwd) */
     float *scale; /* out */
     int rows, cols, bits;
+    /* The VNNI kernel's weights (NULL without it): [rows / 16 blocks][kq][16][4],
+     * K padded to kq * 4 with zeros and the rows to whole blocks; a conv's K
+     * in (ky, kx, c) order, the order of its NHWC windows. wsum[o]: the sum
+     * of row o, for the unsigned-activation correction. */
+    int8_t *wp;
+    int8_t *wr; /* a conv's rows instead: [rows][kq * 4], (ky, kx, c) order, the broadcast operand */
+    int32_t *wsum;
+    int kq, nblk;
     const pare_layer_type *dense; /* the replaced type: its shape rule, and the architecture JSON */
     pare_layer_kind dense_kind;
 } dq_state;
@@ -38,6 +57,9 @@ static void dq_destroy(void *impl)
     dq_state *s = impl;
     pare_free(s->w);
     pare_free(s->w16);
+    pare_free(s->wp);
+    pare_free(s->wr);
+    pare_free(s->wsum);
     pare_free(s->scale);
     pare_free(s);
 }
@@ -62,31 +84,57 @@ static void no_init(pare_layer *l, pare_rng *rng)
     (void)l, (void)rng;
 }
 
-/* The batch's parameters (asymmetric per tensor, the static path's rule),
- * and the batch quantized and centred: xq - zero_point as int16. Centring
+/* The batch's parameters: asymmetric per tensor, the static path's rule. */
+static pare_qparams batch_qparams(const float *x, size_t n, int bits)
+{
+    /* 16 running minima and maxima, branch-free, so that the loop vectorizes
+     * (a single one is a serial reduction gcc leaves scalar); min and max do
+     * not depend on the order, and neither can become -0. */
+    float lo16[16] = {0}, hi16[16] = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) {
+            float v = x[i + (size_t)j];
+            v = v - v == 0 ? v : 0; /* an infinity or NaN does not widen the range (it clamps below) */
+            lo16[j] = v < lo16[j] ? v : lo16[j];
+            hi16[j] = v > hi16[j] ? v : hi16[j];
+        }
+    for (; i < n; i++) {
+        float v = x[i];
+        v = v - v == 0 ? v : 0;
+        lo16[0] = v < lo16[0] ? v : lo16[0];
+        hi16[0] = v > hi16[0] ? v : hi16[0];
+    }
+    float lo = 0, hi = 0;
+    for (int j = 0; j < 16; j++) {
+        lo = lo16[j] < lo ? lo16[j] : lo;
+        hi = hi16[j] > hi ? hi16[j] : hi;
+    }
+    pare_qparams p;
+    pare_qparams_choose(lo, hi, bits, 0, &p); /* cannot fail: finite range, bits checked at conversion */
+    return p;
+}
+
+/* pare_quantize_value's rule (pare_quantize_unclamped, autograd.h), then the clamp. */
+static inline int32_t quant_one(float v, const pare_qparams *p)
+{
+    int32_t q = pare_quantize_unclamped(v, p->scale, p->zero_point, p->qmin, p->qmax);
+    q = q >= p->qmin ? q : p->qmin;
+    return q <= p->qmax ? q : p->qmax;
+}
+
+#ifndef DQ_VNNI
+/* The batch quantized and centred: xq - zero_point as int16. Centring
  * first makes a padded zero exactly 0 and removes the zero-point correction
  * from the kernels; with bits <= 8 it lies in [-255, 255], so each product
  * with a weight fits int16 and sums exactly in int32. */
 static float quantize_batch(const float *x, size_t n, int bits, int16_t *xq)
 {
-    float lo = 0, hi = 0;
-    for (size_t i = 0; i < n; i++) { /* branch-free, so it vectorizes */
-        float v = x[i];
-        v = v - v == 0 ? v : 0; /* an infinity or NaN does not widen the range (it clamps below) */
-        lo = v < lo ? v : lo;
-        hi = v > hi ? v : hi;
-    }
-    pare_qparams p;
-    pare_qparams_choose(lo, hi, bits, 0, &p); /* cannot fail: finite range, bits checked at conversion */
-    /* pare_quantize_value's rule (pare_quantize_unclamped, autograd.h), then the clamp */
-    for (size_t i = 0; i < n; i++) {
-        int32_t q = pare_quantize_unclamped(x[i], p.scale, p.zero_point, p.qmin, p.qmax);
-        q = q >= p.qmin ? q : p.qmin;
-        q = q <= p.qmax ? q : p.qmax;
-        xq[i] = (int16_t)(q - p.zero_point);
-    }
+    pare_qparams p = batch_qparams(x, n, bits);
+    for (size_t i = 0; i < n; i++) xq[i] = (int16_t)(quant_one(x[i], &p) - p.zero_point);
     return p.scale;
 }
+#endif
 
 /* The most inputs per output (K) whose dot product cannot overflow the
  * int32 accumulator at `bits`: |centred input| <= 2^bits - 1, |weight| <=
@@ -104,6 +152,7 @@ static void check_inference(const pare_ctx *ctx, const pare_layer *l)
                l->type->type_name);
 }
 
+#ifndef DQ_VNNI /* the portable kernel */
 /* c[i][o] = a[i] . w[o] over K, exactly in int32 (|a| <= 255, |w| <= 127:
  * conversion and loading refuse a K that could overflow, see max_inputs). Blocked 4 (or 2) rows of a by 4 of w so that
  * each loaded vector serves several products; the inner loops are plain
@@ -189,15 +238,361 @@ static void dot_gemm(const int16_t *a, int M, const int16_t *w, int O, int K, in
         }
     }
 }
+#endif
+
+/* Images per conv chunk: it bounds the scratch (and keeps it in cache) at large batches. */
+#define CONV_CHUNK 16
+
+#ifdef DQ_VNNI
+/* ---- the VNNI kernel ------------------------------------------------------------
+ * vpdpbusd multiplies unsigned by signed bytes, four at a time into int32.
+ * The activations go in unsigned, u = q - qmin in [0, 2^bits - 1], and the
+ * centred value is u - off with off = zero_point - qmin, so
+ * sum (q - zp) w = sum u w - off * wsum[o]. Exactness: |u w| <= (2^bits - 1)
+ * (2^(bits-1) - 1), so for K <= max_inputs both sums lie in int32, and
+ * vpdpbusd (not the saturating vpdpbusds) wraps modulo 2^32 in between:
+ * the int32 result is the portable kernel's exactly. A conv's padding is u
+ * = off (centred 0) and K's padding to a multiple of 4 has zero weights. */
+#define DQ_ROWS 6 /* rows x blocks of accumulators: 24 of the 32 zmm registers */
+#define DQ_BLK  4
+
+/* acc += u . s by 4-byte groups. Inline assembly: gcc wraps
+ * _mm512_dpbusd_epi32 in register copies (see quant_runtime.c). */
+#define DQ_DP(acc, u, s) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s))
+
+/* s->w (and its layer's geometry) into the packed weights and row sums. */
+static void dq_pack(dq_state *s, const pare_layer *l)
+{
+    int O = s->rows, K = s->cols, conv = l->kind == PARE_CONV2D;
+    int kk = conv ? l->kernel * l->kernel : 1, C = K / kk;
+    s->kq = (K + 3) / 4;
+    s->nblk = (O + 15) / 16;
+    if (conv)
+        s->wr = pare_calloc((size_t)O * (size_t)s->kq * 4);
+    else
+        s->wp = pare_calloc((size_t)s->nblk * (size_t)s->kq * 64);
+    s->wsum = pare_alloc((size_t)O * sizeof *s->wsum);
+    for (int o = 0; o < O; o++) {
+        int32_t sum = 0;
+        for (int k = 0; k < K; k++) {
+            int src = conv ? (k % C) * kk + k / C : k; /* packed (ky, kx, c) from the layer's (c, ky, kx) */
+            int8_t v = s->w[(size_t)o * K + src];
+            sum += v;
+            if (conv)
+                s->wr[(size_t)o * s->kq * 4 + (size_t)k] = v;
+            else
+                s->wp[(((size_t)(o / 16) * s->kq + (size_t)(k / 4)) * 16 + (size_t)(o % 16)) * 4 + (size_t)(k % 4)] = v;
+        }
+        s->wsum[o] = sum;
+    }
+}
+
+typedef struct dq_consts {
+    float *sc, *b;
+    int32_t *corr;
+} dq_consts;
+
+/* Where a conv tile dequantizes to: the plane y[o][p] of P positions. */
+typedef struct dq_out {
+    dq_consts k;
+    float *y;
+    size_t P;
+} dq_out;
+
+/* Dequantizes a tile's sums t[r][16 b + j] (channels o0 + r, positions p0
+ * + 16 b + j) into d's plane: (float)(sum - corr) * sc + b, the scalar
+ * code's arithmetic (no fused multiply-add), positions past P masked off. */
+__attribute__((noinline)) static void dq_tile_out(const int32_t *t, int nr, int nb, const dq_out *d, int o0, size_t p0)
+{
+    for (int r = 0; r < nr; r++) {
+        int o = o0 + r;
+        __m512i corr = _mm512_set1_epi32(d->k.corr[o]);
+        __m512 sc = _mm512_set1_ps(d->k.sc[o]), bias = _mm512_set1_ps(d->k.b[o]);
+        float *yo = d->y + (size_t)o * d->P;
+        for (int b = 0; b < nb; b++) {
+            size_t p = p0 + (size_t)b * 16;
+            if (p >= d->P) break;
+            __m512i a = _mm512_loadu_si512(t + (r * DQ_BLK + b) * 16);
+            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a, corr)), sc), bias);
+            if (d->P - p >= 16)
+                _mm512_storeu_ps(yo + p, v);
+            else
+                _mm512_mask_storeu_ps(yo + p, (__mmask16)((1u << (d->P - p)) - 1), v);
+        }
+    }
+}
+
+/* nr rows of a (lda bytes apart; each 4-byte group broadcast) x nb blocks
+ * of w (kq groups of 16 x 4 bytes each) into c (rows ldc apart). The
+ * unsigned operand is a (swap 0: activation rows x packed weights) or w
+ * (swap 1: weight rows x packed activations). nr, nb and swap are
+ * constants at every call, so the arrays live in registers. */
+static inline __attribute__((always_inline)) void dq_tile(const uint8_t *a, size_t lda, const uint8_t *w, size_t kq,
+                                                          int nr, int nb, int swap, int32_t *c, size_t ldc,
+                                                          const dq_out *d, int o0, size_t p0)
+{
+    __m512i acc[DQ_ROWS][DQ_BLK];
+    for (int r = 0; r < nr; r++)
+        for (int b = 0; b < nb; b++) acc[r][b] = _mm512_setzero_si512();
+    for (size_t q = 0; q < kq; q++) {
+        __m512i wv[DQ_BLK];
+        for (int b = 0; b < nb; b++) wv[b] = _mm512_loadu_si512(w + ((size_t)b * kq + q) * 64);
+        for (int r = 0; r < nr; r++) {
+            int32_t v;
+            memcpy(&v, a + (size_t)r * lda + q * 4, 4);
+            __m512i x = _mm512_set1_epi32(v);
+            for (int b = 0; b < nb; b++) {
+                if (swap)
+                    DQ_DP(acc[r][b], wv[b], x);
+                else
+                    DQ_DP(acc[r][b], x, wv[b]);
+            }
+        }
+    }
+    if (!d) {
+        for (int r = 0; r < nr; r++)
+            for (int b = 0; b < nb; b++) _mm512_storeu_si512(c + (size_t)r * ldc + (size_t)b * 16, acc[r][b]);
+        return;
+    }
+    /* d: the sums through a small buffer still in L1 (dequantized in the
+     * tile itself, gcc spills the accumulators) into the plane */
+    int32_t t[DQ_ROWS * DQ_BLK * 16];
+    for (int r = 0; r < nr; r++)
+        for (int b = 0; b < nb; b++) _mm512_storeu_si512(t + (r * DQ_BLK + b) * 16, acc[r][b]);
+    dq_tile_out(t, nr, nb, d, o0, p0);
+}
+
+#define DQ_TILE_NB(nr)                                                                                                 \
+    switch (nb) {                                                                                                      \
+    case 1:                                                                                                            \
+        dq_tile(ai, lda, wb, kq, nr, 1, swap, ci, ldc, d, i, (size_t)b0 * 16);                                         \
+        break;                                                                                                         \
+    case 2:                                                                                                            \
+        dq_tile(ai, lda, wb, kq, nr, 2, swap, ci, ldc, d, i, (size_t)b0 * 16);                                         \
+        break;                                                                                                         \
+    case 3:                                                                                                            \
+        dq_tile(ai, lda, wb, kq, nr, 3, swap, ci, ldc, d, i, (size_t)b0 * 16);                                         \
+        break;                                                                                                         \
+    default:                                                                                                           \
+        dq_tile(ai, lda, wb, kq, nr, 4, swap, ci, ldc, d, i, (size_t)b0 * 16);                                         \
+        break;                                                                                                         \
+    }
+
+/* c[i][16 b + j] = sum over K of a[i] . w[b][j] for M rows of a (lda bytes
+ * apart, K padded to kq * 4) and nblk blocks of w: rows of c ldc apart,
+ * whole blocks wide. */
+static inline __attribute__((always_inline)) void dq_gemm(const uint8_t *a, int M, size_t lda, const uint8_t *w,
+                                                          int nblk, size_t kq, int swap, int32_t *c, size_t ldc,
+                                                          const dq_out *d)
+{
+    for (int i = 0; i < M; i += DQ_ROWS) {
+        int nr = M - i < DQ_ROWS ? M - i : DQ_ROWS;
+        for (int b0 = 0; b0 < nblk; b0 += DQ_BLK) {
+            int nb = nblk - b0 < DQ_BLK ? nblk - b0 : DQ_BLK;
+            const uint8_t *ai = a + (size_t)i * lda, *wb = w + (size_t)b0 * kq * 64;
+            int32_t *ci = c ? c + (size_t)i * ldc + (size_t)b0 * 16 : NULL;
+            switch (nr) {
+            case 1:
+                DQ_TILE_NB(1);
+                break;
+            case 2:
+                DQ_TILE_NB(2);
+                break;
+            case 3:
+                DQ_TILE_NB(3);
+                break;
+            case 4:
+                DQ_TILE_NB(4);
+                break;
+            case 5:
+                DQ_TILE_NB(5);
+                break;
+            default:
+                DQ_TILE_NB(6);
+                break;
+            }
+        }
+    }
+}
+
+/* Activation rows x packed weights: c[i][o] (Linear). */
+static void dq_gemm_act_rows(const uint8_t *a, int M, const dq_state *s, int32_t *c, size_t ldc)
+{
+    size_t kq = (size_t)s->kq;
+    dq_gemm(a, M, kq * 4, (const uint8_t *)s->wp, s->nblk, kq, 0, c, ldc, NULL);
+}
+
+/* Weight rows x packed activations (nblk blocks of 16 positions),
+ * dequantized into d's plane y[o][p] (Conv2d). */
+static void dq_gemm_weight_rows(const dq_state *s, const uint8_t *packed, int nblk, const dq_out *d)
+{
+    size_t kq = (size_t)s->kq;
+    dq_gemm((const uint8_t *)s->wr, s->rows, kq * 4, packed, nblk, kq, 1, NULL, 0, d);
+}
+
+/* The per-channel constants of one forward: the dequantization factor
+ * s_in * scale[o] (the portable path's product), the bias (or 0) and the
+ * correction off * wsum[o]. NULL when the arena is full. */
+
+static int dq_consts_make(pare_arena *arena, const pare_layer *l, const dq_state *s, const pare_qparams *p,
+                          dq_consts *k)
+{
+    int O = s->rows;
+    k->sc = pare_arena_alloc(arena, (size_t)O * sizeof *k->sc);
+    k->b = pare_arena_alloc(arena, (size_t)O * sizeof *k->b);
+    k->corr = pare_arena_alloc(arena, (size_t)O * sizeof *k->corr);
+    if (!k->sc || !k->b || !k->corr) return -1;
+    int32_t off = p->zero_point - p->qmin;
+    for (int o = 0; o < O; o++) {
+        k->sc[o] = p->scale * s->scale[o];
+        k->b[o] = l->bias ? l->bias->data[o] : 0.0f;
+        k->corr[o] = off * s->wsum[o]; /* |off * wsum| <= max_inputs * (2^bits - 1) (2^(bits-1) - 1) */
+    }
+    return 0;
+}
+
+static pare_tensor *dq_linear_vnni(pare_ctx *ctx, const dq_state *s, const pare_layer *l, const pare_tensor *x)
+{
+    int n = x->shape[0], K = s->cols, O = s->rows;
+    size_t lda = (size_t)s->kq * 4, ldc = (size_t)s->nblk * 16;
+    int tiles = (n + DQ_ROWS - 1) / DQ_ROWS;
+    pare_tensor *y = pare_tensor_2d(&ctx->arena, n, O);
+    pare_arena_pos mark = pare_arena_pos_get(&ctx->arena);
+    uint8_t *a = pare_arena_alloc(&ctx->arena, (size_t)n * lda + 1);
+    int32_t *acc = pare_arena_alloc(&ctx->arena, (size_t)n * ldc * sizeof *acc + 1);
+    pare_qparams p = batch_qparams(x->data, x->size, s->bits);
+    dq_consts k;
+    PARE_CHECK(a && acc && !dq_consts_make(&ctx->arena, l, s, &p, &k), "arena full");
+    /* Tiles of rows, so that threads (if any) split the batch; the result does not depend on it. */
+#pragma omp parallel for schedule(static) if ((size_t)n * O * K > PARE_PARALLEL_MIN)
+    for (int t = 0; t < tiles; t++) {
+        int i0 = t * DQ_ROWS, rows = n - i0 < DQ_ROWS ? n - i0 : DQ_ROWS;
+        uint8_t *at = a + (size_t)i0 * lda;
+        for (int i = 0; i < rows; i++) {
+            const float *xi = x->data + (size_t)(i0 + i) * K;
+            uint8_t *ai = at + (size_t)i * lda;
+            for (int j = 0; j < K; j++) ai[j] = (uint8_t)(quant_one(xi[j], &p) - p.qmin);
+            memset(ai + K, 0, lda - (size_t)K);
+        }
+        int32_t *ct = acc + (size_t)i0 * ldc;
+        dq_gemm_act_rows(at, rows, s, ct, ldc);
+        for (int i = 0; i < rows; i++) {
+            float *yi = y->data + (size_t)(i0 + i) * O;
+            const int32_t *ci = ct + (size_t)i * ldc;
+            for (int o = 0; o < O; o++) yi[o] = (float)(ci[o] - k.corr[o]) * k.sc[o] + k.b[o];
+        }
+    }
+    pare_arena_rewind(&ctx->arena, mark);
+    return y;
+}
+
+static size_t align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+/* Per image: quantized (u8, NCHW), copied into a bordered NHWC image (the
+ * border u = off, a centred 0), gathered into packed columns [P / 16][kq][16
+ * positions][4] in (ky, kx, c) order (a window is kh runs of kw * c
+ * bytes), the kernel with the weight rows broadcast, so that the int32
+ * sums come out [o][p], and dequantized into the NCHW plane contiguously. */
+static pare_tensor *dq_conv_vnni(pare_ctx *ctx, const dq_state *s, const pare_layer *l, const pare_tensor *x,
+                                 const pare_conv_geom *g)
+{
+    int N = x->shape[0], O = s->rows, K = s->cols, C = g->c;
+    int ph = g->h + 2 * g->pad, pw = g->w + 2 * g->pad;
+    size_t P = (size_t)g->oh * g->ow, img = (size_t)C * g->h * g->w, plane = (size_t)O * P;
+    size_t kq = (size_t)s->kq;
+    int pblk = (int)((P + 15) / 16);
+    size_t ldc = (size_t)pblk * 16;
+    size_t qbytes = align64(img), pbytes = align64((size_t)ph * pw * C), cbytes = align64((size_t)pblk * kq * 64);
+    size_t per = qbytes + pbytes + cbytes;
+    pare_tensor *y = pare_tensor_4d(&ctx->arena, N, O, g->oh, g->ow);
+    pare_arena_pos mark = pare_arena_pos_get(&ctx->arena);
+    int chunk = N < CONV_CHUNK ? N : CONV_CHUNK;
+    char *work = pare_arena_alloc(&ctx->arena, (size_t)chunk * per + 64);
+    pare_qparams p = batch_qparams(x->data, x->size, s->bits);
+    dq_consts k;
+    /* koff[k]: where packed k = (ky, kx, c) lies in the NHWC image from the
+     * window's corner; K's padding reads the corner (its weights are 0). */
+    size_t *koff = pare_arena_alloc(&ctx->arena, kq * 4 * sizeof *koff);
+    PARE_CHECK(work && koff && !dq_consts_make(&ctx->arena, l, s, &p, &k), "arena full");
+    for (size_t t = 0; t < kq * 4; t++) {
+        size_t c = t % (size_t)C, kx = t / (size_t)C % (size_t)g->kw, ky = t / (size_t)C / (size_t)g->kw;
+        koff[t] = t < (size_t)K ? (ky * (size_t)pw + kx) * (size_t)C + c : 0;
+    }
+    work += (64 - (uintptr_t)work % 64) % 64;
+    uint8_t off = (uint8_t)(p.zero_point - p.qmin);
+    /* the gather's byte offsets are int32: an image past 2^31 bytes goes the scalar way */
+    int gather = C % 4 == 0 && (size_t)ph * pw * C < (size_t)INT32_MAX;
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int nb = N - n0 < chunk ? N - n0 : chunk;
+#pragma omp parallel for schedule(static) if (nb > 1 && (size_t)nb * O * K * P > PARE_PARALLEL_MIN)
+        for (int j = 0; j < nb; j++) {
+            int i = n0 + j;
+            uint8_t *qi = (uint8_t *)work + (size_t)j * per, *pad = qi + qbytes, *cols = pad + pbytes;
+            const float *xi = x->data + (size_t)i * img;
+            for (size_t t = 0; t < img; t++) qi[t] = (uint8_t)(quant_one(xi[t], &p) - p.qmin);
+            memset(pad, off, (size_t)ph * pw * C);
+            for (int c = 0; c < C; c++)
+                for (int yy = 0; yy < g->h; yy++) {
+                    uint8_t *d = pad + ((size_t)(yy + g->pad) * pw + g->pad) * C + c;
+                    const uint8_t *sq = qi + ((size_t)c * g->h + yy) * g->w;
+                    for (int xx = 0; xx < g->w; xx++) d[(size_t)xx * C] = sq[xx];
+                }
+            if (gather) { /* 4 channels per group: 16 positions' groups in one gather */
+                for (int pb = 0; pb < pblk; pb++) {
+                    int32_t org[16];
+                    for (int e = 0; e < 16; e++) {
+                        size_t q = (size_t)pb * 16 + (size_t)e, oy = q / (size_t)g->ow, ox = q % (size_t)g->ow;
+                        /* the last block's unused positions read the corner (their sums are not stored) */
+                        org[e] =
+                            q < P
+                                ? (int32_t)((oy * (size_t)g->stride * (size_t)pw + ox * (size_t)g->stride) * (size_t)C)
+                                : 0;
+                    }
+                    __m512i base = _mm512_loadu_si512(org);
+                    uint8_t *dst = cols + (size_t)pb * kq * 64;
+                    for (size_t t = 0; t < kq; t++) {
+                        __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32((int32_t)koff[t * 4]));
+                        _mm512_storeu_si512(dst + t * 64, _mm512_i32gather_epi32(idx, pad, 1));
+                    }
+                }
+            } else { /* byte by byte (C not a multiple of 4, or a huge image) */
+                for (size_t q = 0; q < ldc; q++) {
+                    uint8_t *dst = cols + ((q / 16) * kq * 16 + q % 16) * 4;
+                    if (q >= P) { /* the last block's unused positions */
+                        for (size_t t = 0; t < kq; t++) memset(dst + t * 64, 0, 4);
+                        continue;
+                    }
+                    size_t oy = q / (size_t)g->ow, ox = q % (size_t)g->ow;
+                    const uint8_t *org =
+                        pad + (oy * (size_t)g->stride * (size_t)pw + ox * (size_t)g->stride) * (size_t)C;
+                    for (size_t t = 0; t < kq; t++)
+                        for (size_t e = 0; e < 4; e++) dst[t * 64 + e] = org[koff[t * 4 + e]];
+                }
+            }
+            dq_out d = {k, y->data + (size_t)i * plane, P};
+            dq_gemm_weight_rows(s, cols, pblk, &d);
+        }
+    }
+    pare_arena_rewind(&ctx->arena, mark);
+    return y;
+}
+#endif /* DQ_VNNI */
 
 static pare_tensor *dq_linear_forward(pare_ctx *ctx, pare_model *m, pare_layer *l, pare_tensor *x)
 {
     (void)m;
     check_inference(ctx, l);
     const dq_state *s = state_of(l);
-    int n = x->shape[0], K = s->cols, O = s->rows;
+    int n = x->shape[0], K = s->cols;
     PARE_CHECK(x->size == (size_t)n * (size_t)K, "layer %s: input of %zu features, expected %d", l->name,
                x->size / (size_t)n, K);
+#ifdef DQ_VNNI
+    return dq_linear_vnni(ctx, s, l, x);
+#else
+    int O = s->rows;
     pare_tensor *y = pare_tensor_2d(&ctx->arena, n, O);
     pare_arena_pos mark = pare_arena_pos_get(&ctx->arena);
     int16_t *xq = pare_arena_alloc(&ctx->arena, x->size * sizeof *xq + 1);
@@ -218,8 +613,10 @@ static pare_tensor *dq_linear_forward(pare_ctx *ctx, pare_model *m, pare_layer *
     }
     pare_arena_rewind(&ctx->arena, mark);
     return y;
+#endif
 }
 
+#ifndef DQ_VNNI
 /* One image's centred input [c][h][w] into int16 rows [P][K], one row per
  * output position (so each output is a contiguous dot product). The image is
  * first copied into a zero-bordered one (pad = centred 0, exact), so the
@@ -242,8 +639,7 @@ static void im2row_q(const pare_conv_geom *g, const int16_t *x, int16_t *padded,
                 }
         }
 }
-
-#define CONV_CHUNK 16
+#endif
 
 static pare_tensor *dq_conv_forward(pare_ctx *ctx, pare_model *m, pare_layer *l, pare_tensor *x)
 {
@@ -255,8 +651,12 @@ static pare_tensor *dq_conv_forward(pare_ctx *ctx, pare_model *m, pare_layer *l,
     pare_conv_geom g = {x->shape[1], x->shape[2], x->shape[3], l->kernel, l->kernel, l->stride, l->pad, 0, 0};
     g.oh = pare_conv_out(g.h, g.kh, g.stride, g.pad);
     g.ow = pare_conv_out(g.w, g.kw, g.stride, g.pad);
-    int N = x->shape[0], O = s->rows, K = s->cols;
+    int K = s->cols;
     PARE_CHECK(g.oh > 0 && g.ow > 0 && K == g.c * g.kh * g.kw, "layer %s: input does not fit the kernel", l->name);
+#ifdef DQ_VNNI
+    return dq_conv_vnni(ctx, s, l, x, &g);
+#else
+    int N = x->shape[0], O = s->rows;
     size_t P = (size_t)g.oh * g.ow, img = (size_t)g.c * g.h * g.w, plane = (size_t)O * P;
     pare_tensor *y = pare_tensor_4d(&ctx->arena, N, O, g.oh, g.ow);
     pare_arena_pos mark = pare_arena_pos_get(&ctx->arena);
@@ -291,6 +691,7 @@ static pare_tensor *dq_conv_forward(pare_ctx *ctx, pare_model *m, pare_layer *l,
     }
     pare_arena_rewind(&ctx->arena, mark);
     return y;
+#endif
 }
 
 static const pare_layer_type dq_linear_type = {PARE_CUSTOM,       "DynQuantLinear", dq_infer,
@@ -325,12 +726,16 @@ static pare_layer *dq_twin(pare_layer *l, int8_t *q, float *scales, int bits)
     s->rows = l->weight->shape[0];
     s->cols = (int)(l->weight->size / (size_t)s->rows);
     s->bits = bits;
-    s->w16 = pare_alloc(l->weight->size * sizeof *s->w16);
-    for (size_t i = 0; i < l->weight->size; i++)
-        s->w16[i] = (int16_t)q[i]; // NOLINT(bugprone-signed-char-misuse): int8 weights
     s->dense = l->type;
     s->dense_kind = l->kind;
     for (size_t i = 0; i < l->weight->size; i++) l->weight->data[i] = scales[i / (size_t)s->cols] * (float)q[i];
+#ifdef DQ_VNNI
+    dq_pack(s, l);
+#else
+    s->w16 = pare_alloc(l->weight->size * sizeof *s->w16);
+    for (size_t i = 0; i < l->weight->size; i++)
+        s->w16[i] = (int16_t)q[i]; // NOLINT(bugprone-signed-char-misuse): int8 weights
+#endif
     t->type = l->kind == PARE_CONV2D ? &dq_conv_type : &dq_linear_type;
     t->kind = PARE_CUSTOM;
     memset(&t->weight_hooks, 0, sizeof t->weight_hooks);

@@ -369,3 +369,267 @@ TEST(dynq_refuses_accumulator_overflow)
     free(buf);
     pare_model_free(m);
 }
+
+/* ---- exactness of the kernels -------------------------------------------------
+ * The kernels (the VNNI one where the build targets it, the portable one
+ * otherwise) give the exact int32 sums, so each output must equal, bit for
+ * bit, (float)sum * (s_in * scale[o]) + bias[o] computed here from a naive
+ * loop over the quantized values. */
+
+/* The quantized, centred batch (the layer's rule: pare_quantize_value with the batch's parameters). */
+static int32_t *centred(const float *x, size_t n, int bits, float *s_in)
+{
+    pare_qparams p = batch_params(x, n, bits);
+    int32_t *q = malloc(n * sizeof *q);
+    for (size_t i = 0; i < n; i++) q[i] = pare_quantize_value(x[i], &p) - p.zero_point;
+    *s_in = p.scale;
+    return q;
+}
+
+/* y[n][O] of a converted Linear layer l, naively. */
+static void ref_linear(const pare_layer *l, const float *x, int n, float *y)
+{
+    const float *ws;
+    int bits;
+    const int8_t *w = pare_quant_dynamic_weight(l, &ws, &bits);
+    int O = l->weight->shape[0], K = (int)(l->weight->size / (size_t)O);
+    float s_in;
+    int32_t *q = centred(x, (size_t)n * K, bits, &s_in);
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < O; o++) {
+            long long acc = 0;
+            for (int k = 0; k < K; k++) acc += (long long)q[(size_t)i * K + k] * w[(size_t)o * K + k];
+            CHECK(acc >= INT32_MIN && acc <= INT32_MAX);
+            y[(size_t)i * O + o] = (float)(int32_t)acc * (s_in * ws[o]) + (l->bias ? l->bias->data[o] : 0.0f);
+        }
+    free(q);
+}
+
+/* y[n][O][oh][ow] of a converted Conv2d layer l on x[n][C][H][W], naively. */
+static void ref_conv(const pare_layer *l, const float *x, int n, int H, int W, float *y, int *oh_out, int *ow_out)
+{
+    const float *ws;
+    int bits;
+    const int8_t *w = pare_quant_dynamic_weight(l, &ws, &bits);
+    int O = l->weight->shape[0], C = l->in_features, kk = l->kernel, st = l->stride, pad = l->pad;
+    int oh = (H + 2 * pad - kk) / st + 1, ow = (W + 2 * pad - kk) / st + 1;
+    float s_in;
+    int32_t *q = centred(x, (size_t)n * C * H * W, bits, &s_in);
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < O; o++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    long long acc = 0;
+                    for (int c = 0; c < C; c++)
+                        for (int ky = 0; ky < kk; ky++)
+                            for (int kx = 0; kx < kk; kx++) {
+                                int iy = oy * st - pad + ky, ix = ox * st - pad + kx;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                acc += (long long)q[(((size_t)i * C + c) * H + iy) * W + ix] *
+                                       w[(((size_t)o * C + c) * kk + ky) * kk + kx];
+                            }
+                    y[(((size_t)i * O + o) * oh + oy) * ow + ox] =
+                        (float)(int32_t)acc * (s_in * ws[o]) + (l->bias ? l->bias->data[o] : 0.0f);
+                }
+    free(q);
+    if (oh_out) *oh_out = oh;
+    if (ow_out) *ow_out = ow;
+}
+
+/* Inputs that reach the ends of the centred range: all of one sign puts
+ * the zero point at an end, so the far end is +-(2^bits - 1). */
+static void fill_extreme(pare_rng *r, float *x, size_t n, int kind)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = pare_rng_range(r, 0.0f, 1.0f);
+        if (kind == 0)
+            x[i] = 0.25f + 3 * v; /* all positive: up to +255 */
+        else if (kind == 1)
+            x[i] = -0.25f - 3 * v; /* all negative: down to -255 */
+        else
+            x[i] = pare_rng_range(r, 0.0f, 1.0f) < 0.5f ? -3 * v : 1 * v; /* mixed */
+    }
+    if (n) x[pare_rng_below(r, n)] = kind == 1 ? -3.25f : 3.25f;
+}
+
+/* Weights that quantize to +-127 in most places (rows of +-1 with a few smaller values). */
+static void extreme_weights(pare_rng *r, pare_tensor *w)
+{
+    for (size_t i = 0; i < w->size; i++) {
+        float u = pare_rng_range(r, 0.0f, 1.0f);
+        w->data[i] = u < 0.4f ? 1.0f : u < 0.8f ? -1.0f : pare_rng_range(r, -1.0f, 1.0f);
+    }
+}
+
+static int same_bits(const float *a, const float *b, size_t n, size_t *where)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof a[i]) != 0) {
+            *where = i;
+            return 0;
+        }
+    return 1;
+}
+
+TEST(dynq_linear_exact_on_ragged_shapes)
+{
+    /* n, K, O: none a multiple of the blocks (6 rows, 16 outputs, 4 inputs) unless to check that too */
+    const int shapes[][3] = {{1, 1, 1},     {5, 3, 17},     {7, 1023, 33}, {13, 2049, 70}, {6, 4, 16},
+                             {25, 3001, 5}, {1, 1600, 128}, {2, 5, 65},    {19, 129, 10}};
+    pare_ctx *ctx = pare_ctx_new(0);
+    pare_set_grad_enabled(ctx, 0);
+    pare_rng r;
+    pare_rng_seed(&r, 21, PARE_STREAM_TEST);
+    for (int t = 0; t < (int)(sizeof shapes / sizeof shapes[0]); t++) {
+        int n = shapes[t][0], K = shapes[t][1], O = shapes[t][2];
+        pare_model *m = pare_sequential("lin", pare_linear("fc", K, O), NULL);
+        m->seed = 30 + (uint64_t)t;
+        CHECK(pare_build(m, K, 0, 0) == 0);
+        extreme_weights(&r, m->layers[0]->weight);
+        CHECK(pare_quant_dynamic(m, PARE_LINEAR, 8, NULL) == 1);
+        float *x = malloc((size_t)n * K * sizeof *x), *y = malloc((size_t)n * O * sizeof *y),
+              *want = malloc((size_t)n * O * sizeof *want);
+        for (int kind = 0; kind < 3; kind++) {
+            fill_extreme(&r, x, (size_t)n * K, kind);
+            run(ctx, m, 2, (int[]){n, K}, x, y, (size_t)n * O);
+            ref_linear(m->layers[0], x, n, want);
+            size_t at = 0;
+            int same = same_bits(y, want, (size_t)n * O, &at);
+            CHECKF(same, "n %d K %d O %d kind %d: output %zu is %.9g, expected %.9g", n, K, O, kind, at, (double)y[at],
+                   (double)want[at]);
+        }
+        free(x);
+        free(y);
+        free(want);
+        pare_model_free(m);
+    }
+    pare_ctx_free(ctx);
+}
+
+TEST(dynq_conv_exact_on_ragged_shapes)
+{
+    /* n, C, O, kernel, stride, pad, H, W, bias */
+    const int shapes[][9] = {
+        {1, 1, 1, 1, 1, 0, 1, 1, 1},  {3, 1, 32, 3, 1, 0, 28, 28, 1}, {2, 32, 64, 3, 1, 0, 13, 13, 1},
+        {2, 3, 5, 3, 2, 1, 7, 6, 0},  {1, 4, 17, 5, 1, 2, 9, 11, 1},  {5, 8, 33, 3, 2, 0, 10, 9, 1},
+        {2, 7, 70, 2, 1, 1, 5, 4, 0}, {1, 64, 3, 3, 1, 1, 6, 5, 1},   {17, 2, 6, 3, 1, 1, 4, 4, 1}};
+    pare_ctx *ctx = pare_ctx_new(0);
+    pare_set_grad_enabled(ctx, 0);
+    pare_rng r;
+    pare_rng_seed(&r, 22, PARE_STREAM_TEST);
+    for (int t = 0; t < (int)(sizeof shapes / sizeof shapes[0]); t++) {
+        const int *s = shapes[t];
+        int n = s[0], C = s[1], O = s[2], H = s[6], W = s[7];
+        pare_model *m = pare_sequential("conv", pare_conv2d_ex("c", C, O, s[3], s[4], s[5], s[8]), NULL);
+        m->seed = 40 + (uint64_t)t;
+        CHECK(pare_build(m, C, H, W) == 0);
+        extreme_weights(&r, m->layers[0]->weight);
+        CHECK(pare_quant_dynamic(m, PARE_CONV2D, 8, NULL) == 1);
+        int oh = (H + 2 * s[5] - s[3]) / s[4] + 1, ow = (W + 2 * s[5] - s[3]) / s[4] + 1;
+        size_t nx = (size_t)n * C * H * W, ny = (size_t)n * O * oh * ow;
+        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y), *want = malloc(ny * sizeof *want);
+        for (int kind = 0; kind < 3; kind++) {
+            fill_extreme(&r, x, nx, kind);
+            run(ctx, m, 4, (int[]){n, C, H, W}, x, y, ny);
+            ref_conv(m->layers[0], x, n, H, W, want, NULL, NULL);
+            size_t at = 0;
+            int same = same_bits(y, want, ny, &at);
+            CHECKF(same, "shape %d kind %d: output %zu is %.9g, expected %.9g", t, kind, at, (double)y[at],
+                   (double)want[at]);
+        }
+        free(x);
+        free(y);
+        free(want);
+        pare_model_free(m);
+    }
+    pare_ctx_free(ctx);
+}
+
+/* small_cnn without the log-softmax, converted, against the naive layers
+ * with ReLU and max pooling written out: the same bits end to end. */
+TEST(dynq_small_model_exact)
+{
+    pare_model *m = pare_sequential("tiny", pare_conv2d_ex("c1", 1, 6, 3, 1, 1, 1), pare_relu(), pare_maxpool2d(2),
+                                    pare_conv2d("c2", 6, 5, 3), pare_relu(), pare_flatten(),
+                                    pare_linear("f1", 5 * 2 * 2, 16), pare_relu(), pare_linear("f2", 16, 10), NULL);
+    m->seed = 9;
+    CHECK(pare_build(m, 1, 8, 8) == 0);
+    CHECK(pare_quant_dynamic(m, PARE_CONV2D | PARE_LINEAR, 8, NULL) == 4);
+    pare_ctx *ctx = pare_ctx_new(0);
+    pare_set_grad_enabled(ctx, 0);
+    pare_rng r;
+    pare_rng_seed(&r, 23, PARE_STREAM_TEST);
+    const int batches[] = {1, 7, 40};
+    for (int b = 0; b < 3; b++) {
+        int n = batches[b];
+        float *x = malloc((size_t)n * 64 * sizeof *x), *a = malloc((size_t)n * 6 * 64 * sizeof *a),
+              *pl = malloc((size_t)n * 6 * 16 * sizeof *pl), *c2 = malloc((size_t)n * 20 * sizeof *c2),
+              *f1 = malloc((size_t)n * 16 * sizeof *f1), *want = malloc((size_t)n * 10 * sizeof *want),
+              *y = malloc((size_t)n * 10 * sizeof *y);
+        fill(&r, x, (size_t)n * 64, -1.5f, 2.5f);
+        ref_conv(m->layers[0], x, n, 8, 8, a, NULL, NULL);
+        for (size_t i = 0; i < (size_t)n * 6 * 64; i++) a[i] = a[i] > 0 ? a[i] : 0;
+        for (int i = 0; i < n * 6; i++)
+            for (int py = 0; py < 4; py++)
+                for (int px = 0; px < 4; px++) {
+                    const float *src = a + (size_t)i * 64 + py * 16 + px * 2;
+                    float v = fmaxf(fmaxf(src[0], src[1]), fmaxf(src[8], src[9]));
+                    pl[(size_t)i * 16 + py * 4 + px] = v;
+                }
+        ref_conv(m->layers[3], pl, n, 4, 4, c2, NULL, NULL);
+        for (size_t i = 0; i < (size_t)n * 20; i++) c2[i] = c2[i] > 0 ? c2[i] : 0;
+        ref_linear(m->layers[6], c2, n, f1);
+        for (size_t i = 0; i < (size_t)n * 16; i++) f1[i] = f1[i] > 0 ? f1[i] : 0;
+        ref_linear(m->layers[8], f1, n, want);
+        run(ctx, m, 4, (int[]){n, 1, 8, 8}, x, y, (size_t)n * 10);
+        size_t at = 0;
+        int same = same_bits(y, want, (size_t)n * 10, &at);
+        CHECKF(same, "batch %d: output %zu is %.9g, expected %.9g", n, at, (double)y[at], (double)want[at]);
+        free(x);
+        free(a);
+        free(pl);
+        free(c2);
+        free(f1);
+        free(want);
+        free(y);
+    }
+    pare_ctx_free(ctx);
+    pare_model_free(m);
+}
+
+/* The layers split images (conv) and rows (linear) between threads; the
+ * outputs do not depend on how many. Batches large enough to go parallel. */
+TEST(dynq_same_output_for_1_and_2_threads)
+{
+    enum { N = 67 };
+    pare_model *m = small_cnn();
+    CHECK(pare_quant_dynamic(m, PARE_CONV2D | PARE_LINEAR, 8, NULL) == 4);
+    pare_model *w = pare_sequential("wide", pare_linear("big", 700, 90), NULL);
+    w->seed = 4;
+    CHECK(pare_build(w, 700, 0, 0) == 0);
+    CHECK(pare_quant_dynamic(w, PARE_LINEAR, 8, NULL) == 1);
+    pare_ctx *ctx = pare_ctx_new(0);
+    pare_set_grad_enabled(ctx, 0);
+    pare_rng r;
+    pare_rng_seed(&r, 24, PARE_STREAM_TEST);
+    float *x = malloc(N * 700 * sizeof *x), *y1 = malloc(N * 90 * sizeof *y1), *y2 = malloc(N * 90 * sizeof *y2);
+    fill(&r, x, N * 700, -2, 3);
+    int saved = pare_threads();
+    pare_set_threads(1);
+    run(ctx, m, 4, (int[]){N, 1, 8, 8}, x, y1, N * 10);
+    pare_set_threads(2);
+    run(ctx, m, 4, (int[]){N, 1, 8, 8}, x, y2, N * 10);
+    CHECK(memcmp(y1, y2, N * 10 * sizeof *y1) == 0);
+    pare_set_threads(1);
+    run(ctx, w, 2, (int[]){N, 700}, x, y1, N * 90);
+    pare_set_threads(2);
+    run(ctx, w, 2, (int[]){N, 700}, x, y2, N * 90);
+    CHECK(memcmp(y1, y2, N * 90 * sizeof *y1) == 0);
+    pare_set_threads(saved);
+    free(x);
+    free(y1);
+    free(y2);
+    pare_ctx_free(ctx);
+    pare_model_free(w);
+    pare_model_free(m);
+}
