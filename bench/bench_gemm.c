@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "examples/cli.h"
 #include "tensor/tensor.h"
 
 typedef struct {
@@ -37,41 +37,27 @@ static const shape shapes[] = {
 #define REP_SECONDS   0.004
 #define SHAPE_SECONDS 0.4
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median seconds per call of one shape at the current thread count. On a busy
  * machine a shape stops after SHAPE_SECONDS (at least 3 repetitions), so the
  * whole run stays short. */
 static double time_shape(const shape *s, const float *A, int lda, const float *B, int ldb, float *C)
 {
-    double start = now(), one = 1e30;
+    double start = pare_now(), one = 1e30;
     for (int w = 0; w < 3; w++) {
-        double t0 = now();
+        double t0 = pare_now();
         pare_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
-        double t = now() - t0;
+        double t = pare_now() - t0;
         if (t < one) one = t;
     }
     int calls = one > 0 ? (int)(REP_SECONDS / one) + 1 : 1000;
     double t[REPS];
     int reps = 0;
-    while (reps < REPS && (reps < 3 || now() - start < SHAPE_SECONDS)) {
-        double t0 = now();
+    while (reps < REPS && (reps < 3 || pare_now() - start < SHAPE_SECONDS)) {
+        double t0 = pare_now();
         for (int c = 0; c < calls; c++) pare_sgemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N);
-        t[reps++] = (now() - t0) / calls;
+        t[reps++] = (pare_now() - t0) / calls;
     }
-    qsort(t, (size_t)reps, sizeof t[0], cmp_double);
-    return t[reps / 2];
+    return cli_median(t, reps);
 }
 
 int main(void)
@@ -86,7 +72,7 @@ int main(void)
     printf("pare_sgemm GFLOP/s (median of %d), batch 64 training shapes and batch 256 eval\n", REPS);
     printf("%-16s %2s %6s %7s %6s %8s %8s %6s %5s\n", "shape", "op", "M", "N", "K", "1 thr",
            max_threads > 1 ? "2 thr" : "-", "x", "same");
-    double t_start = now();
+    double t_start = pare_now();
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const shape *s = &shapes[i];
         size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
@@ -111,6 +97,6 @@ int main(void)
         pare_free(C1);
     }
     pare_set_threads(saved);
-    fprintf(stderr, "bench_gemm: %.1f s\n", now() - t_start);
+    fprintf(stderr, "bench_gemm: %.1f s\n", pare_now() - t_start);
     return 0;
 }

@@ -17,12 +17,6 @@
 
 enum { N_IMAGES = 2560, ROUNDS = 3, REPS = 300 };
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static pare_dataset *images(void)
 {
     pare_dataset *ds = pare_mnist_load("data/mnist", 0);
@@ -64,8 +58,7 @@ static speed int8_speed(const pare_qmodel *qm, const float *x, int n, void *scra
         pare_qmodel_forward_float(qm, x + (size_t)(r % n) * per, 1, y, scratch, qm->scratch_bytes);
         samples[r] = pare_now() - t0;
     }
-    qsort(samples, REPS, sizeof samples[0], cmp_double);
-    s.lat = 1e6 * samples[REPS / 2];
+    s.lat = 1e6 * cli_median(samples, REPS);
     return s;
 }
 

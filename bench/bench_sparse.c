@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "compress/prune.h"
@@ -14,19 +13,6 @@
 
 #define REPS        15
 #define REP_SECONDS 0.01
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef struct job {
     const pare_csr *a;
@@ -52,17 +38,16 @@ static double time_job(const job *j)
     double t[REPS];
     long calls = 1;
     for (double s = 0; s < REP_SECONDS; calls *= 2) { /* calibrate the repetition length */
-        double t0 = now();
+        double t0 = pare_now();
         for (long c = 0; c < calls; c++) run(j);
-        s = now() - t0;
+        s = pare_now() - t0;
     }
     for (int r = 0; r < REPS; r++) {
-        double t0 = now();
+        double t0 = pare_now();
         for (long c = 0; c < calls; c++) run(j);
-        t[r] = (now() - t0) / (double)calls;
+        t[r] = (pare_now() - t0) / (double)calls;
     }
-    qsort(t, REPS, sizeof t[0], cmp_double);
-    return t[REPS / 2];
+    return cli_median(t, REPS);
 }
 
 static int kernels(void)
@@ -156,23 +141,22 @@ static double time_forward(const fwd_job *j)
     long calls = 1;
     pare_arena_pos pos = pare_arena_pos_get(&j->ctx->arena);
     for (double s = 0; s < REP_SECONDS; calls *= 2) {
-        double t0 = now();
+        double t0 = pare_now();
         for (long c = 0; c < calls; c++) {
             pare_forward(j->ctx, j->m, j->x);
             pare_arena_rewind(&j->ctx->arena, pos);
         }
-        s = now() - t0;
+        s = pare_now() - t0;
     }
     for (int r = 0; r < REPS; r++) {
-        double t0 = now();
+        double t0 = pare_now();
         for (long c = 0; c < calls; c++) {
             pare_forward(j->ctx, j->m, j->x);
             pare_arena_rewind(&j->ctx->arena, pos);
         }
-        t[r] = (now() - t0) / (double)calls;
+        t[r] = (pare_now() - t0) / (double)calls;
     }
-    qsort(t, REPS, sizeof t[0], cmp_double);
-    return t[REPS / 2];
+    return cli_median(t, REPS);
 }
 
 /* One of seedcnn's layers alone, pruned layer-wise by magnitude to s. */

@@ -56,7 +56,12 @@ int pare_qrange(int bits, int symmetric, int32_t *qmin, int32_t *qmax);
  * max(|min|, |max|) / qmax, zero point 0. -1 with pare_error on a bad width or
  * a non-finite or inverted range. */
 int pare_qparams_choose(float min, float max, int bits, int symmetric, pare_qparams *out);
-int32_t pare_quantize_value(float x, const pare_qparams *p);
+/* The rule above (pare_quantize_round, autograd/autograd.h); inline so that
+ * loops over it vectorize. */
+static inline int32_t pare_quantize_value(float x, const pare_qparams *p)
+{
+    return pare_quantize_round(x, p->scale, p->zero_point, p->qmin, p->qmax, NULL);
+}
 float pare_dequantize_value(int32_t q, const pare_qparams *p);
 /* Per-channel symmetric parameters of a weight [rows, cols] (rows = output
  * channels), one scale a row; q (rows * cols int8) receives the values.

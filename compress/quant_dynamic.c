@@ -115,14 +115,6 @@ static pare_qparams batch_qparams(const float *x, size_t n, int bits)
     return p;
 }
 
-/* pare_quantize_value's rule (pare_quantize_unclamped, autograd.h), then the clamp. */
-static inline int32_t quant_one(float v, const pare_qparams *p)
-{
-    int32_t q = pare_quantize_unclamped(v, p->scale, p->zero_point, p->qmin, p->qmax);
-    q = q >= p->qmin ? q : p->qmin;
-    return q <= p->qmax ? q : p->qmax;
-}
-
 #ifndef DQ_VNNI
 /* The batch quantized and centred: xq - zero_point as int16. Centring
  * first makes a padded zero exactly 0 and removes the zero-point correction
@@ -131,7 +123,7 @@ static inline int32_t quant_one(float v, const pare_qparams *p)
 static float quantize_batch(const float *x, size_t n, int bits, int16_t *xq)
 {
     pare_qparams p = batch_qparams(x, n, bits);
-    for (size_t i = 0; i < n; i++) xq[i] = (int16_t)(quant_one(x[i], &p) - p.zero_point);
+    for (size_t i = 0; i < n; i++) xq[i] = (int16_t)(pare_quantize_value(x[i], &p) - p.zero_point);
     return p.scale;
 }
 #endif
@@ -471,7 +463,7 @@ static pare_tensor *dq_linear_vnni(pare_ctx *ctx, const dq_state *s, const pare_
         for (int i = 0; i < rows; i++) {
             const float *xi = x->data + (size_t)(i0 + i) * K;
             uint8_t *ai = at + (size_t)i * lda;
-            for (int j = 0; j < K; j++) ai[j] = (uint8_t)(quant_one(xi[j], &p) - p.qmin);
+            for (int j = 0; j < K; j++) ai[j] = (uint8_t)(pare_quantize_value(xi[j], &p) - p.qmin);
             memset(ai + K, 0, lda - (size_t)K);
         }
         int32_t *ct = acc + (size_t)i0 * ldc;
@@ -532,7 +524,7 @@ static pare_tensor *dq_conv_vnni(pare_ctx *ctx, const dq_state *s, const pare_la
             int i = n0 + j;
             uint8_t *qi = (uint8_t *)work + (size_t)j * per, *pad = qi + qbytes, *cols = pad + pbytes;
             const float *xi = x->data + (size_t)i * img;
-            for (size_t t = 0; t < img; t++) qi[t] = (uint8_t)(quant_one(xi[t], &p) - p.qmin);
+            for (size_t t = 0; t < img; t++) qi[t] = (uint8_t)(pare_quantize_value(xi[t], &p) - p.qmin);
             memset(pad, off, (size_t)ph * pw * C);
             for (int c = 0; c < C; c++)
                 for (int yy = 0; yy < g->h; yy++) {

@@ -42,11 +42,6 @@ int pare_qparams_choose(float min, float max, int bits, int symmetric, pare_qpar
     return 0;
 }
 
-int32_t pare_quantize_value(float x, const pare_qparams *p)
-{
-    return pare_quantize_round(x, p->scale, p->zero_point, p->qmin, p->qmax, NULL); /* autograd/autograd.h */
-}
-
 float pare_dequantize_value(int32_t q, const pare_qparams *p)
 {
     return p->scale * (float)(q - p->zero_point);
@@ -83,7 +78,8 @@ int pare_quantize_weight(const float *w, int rows, int cols, int bits, int per_t
     pare_qrange(bits, 1, &qmin, &qmax); /* checked by pare_weight_scales */
     for (int r = 0; r < rows; r++) {
         pare_qparams p = {scales[r], 0, qmin, qmax};
-        for (int c = 0; c < cols; c++) q[(size_t)r * cols + c] = (int8_t)pare_quantize_value(w[(size_t)r * cols + c], &p);
+        for (int c = 0; c < cols; c++)
+            q[(size_t)r * cols + c] = (int8_t)pare_quantize_value(w[(size_t)r * cols + c], &p);
     }
     return 0;
 }

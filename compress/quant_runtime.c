@@ -1530,23 +1530,11 @@ typedef struct qjob {
     float *outf;
 } qjob;
 
-/* dst[i * stride] = pare_quantize_value(src[i]) for i < n. One channel
- * (MNIST) is a contiguous loop over the rule's branch-free form, which the
- * compiler vectorizes. */
+/* dst[i * stride] = pare_quantize_value(src[i]) for i < n (the contiguous
+ * loop of one channel, MNIST's, vectorizes). */
 static void quantize_plane(const float *src, size_t n, const pare_qparams *p, int8_t *dst, size_t stride)
 {
-    if (stride != 1) {
-        for (size_t i = 0; i < n; i++) dst[i * stride] = (int8_t)pare_quantize_value(src[i], p);
-        return;
-    }
-    const float scale = p->scale;
-    const int32_t zp = p->zero_point, qmin = p->qmin, qmax = p->qmax;
-    for (size_t i = 0; i < n; i++) {
-        int32_t q = pare_quantize_unclamped(src[i], scale, zp, qmin, qmax);
-        q = q >= qmin ? q : qmin;
-        q = q <= qmax ? q : qmax;
-        dst[i] = (int8_t)q;
-    }
+    for (size_t i = 0; i < n; i++) dst[i * stride] = (int8_t)pare_quantize_value(src[i], p);
 }
 
 /* Samples [s0, s1) of the job in groups of PARE_QGROUP, in thread t's area. */

@@ -172,6 +172,12 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+double cli_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
 static double time_batches(pare_ctx *ctx, pare_model *m, pare_loader *ld, int max_batches, long *images)
 {
     pare_batch b;
@@ -211,8 +217,7 @@ void cli_measure_speed(pare_ctx *ctx, pare_model *m, const pare_dataset *ds, dou
     double samples[REPS];
     time_batches(ctx, m, ld, 20, &images);
     for (int r = 0; r < REPS; r++) samples[r] = time_batches(ctx, m, ld, 1, &images);
-    qsort(samples, REPS, sizeof samples[0], cmp_double);
-    *latency_us = 1e6 * samples[REPS / 2];
+    *latency_us = 1e6 * cli_median(samples, REPS);
     pare_loader_free(ld);
     pare_model_train(m, was_training);
     pare_set_grad_enabled(ctx, grad);

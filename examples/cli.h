@@ -47,6 +47,9 @@ void cli_measure_speed(pare_ctx *ctx, pare_model *m, const pare_dataset *ds, dou
 
 long cli_file_size(const char *path);
 
+/* The median of n timings (upper median for even n); sorts v. */
+double cli_median(double *v, int n);
+
 /* The loaders of a run: training (minus n_val images held out for
  * validation by a seeded split), validation (NULL when n_val is 0) and test
  * (batch 256, in file order). Exits on error. */

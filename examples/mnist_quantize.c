@@ -64,12 +64,6 @@ static void check_args(const quant_args *a, const char *usage, const cli_opt *op
         cli_usage_error(usage, opts, n, "--percentile must be in (50, 100]");
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Images/s at batch 256 over 2,560 images, and the median batch-1 latency
  * of 300 runs, the way cli_measure_speed measures the float model. */
 static void int8_speed(const pare_qmodel *qm, const pare_dataset *ds, void *scratch, qmeasure *m)
@@ -90,8 +84,7 @@ static void int8_speed(const pare_qmodel *qm, const pare_dataset *ds, void *scra
         pare_qmodel_forward_float(qm, x + (size_t)(r % n) * per, 1, y, scratch, qm->scratch_bytes);
         samples[r] = pare_now() - t0;
     }
-    qsort(samples, REPS, sizeof samples[0], cmp_double);
-    m->latency_us = 1e6 * samples[REPS / 2];
+    m->latency_us = 1e6 * cli_median(samples, REPS);
     pare_free(x);
     pare_free(y);
 }
