@@ -334,6 +334,11 @@ pare_qmodel *pare_quant_convert(pare_model *m, const pare_quant_config *cfg);
  * and rebuilds shapes. One line per fold goes to notes (may be NULL).
  * Returns the number folded, -1 with pare_error. */
 int pare_fold_batchnorm(pare_model *m, char (*notes)[128], int max_notes);
+/* The fold itself, without changing the model: w (conv's weight, OIHW, or
+ * what its weight hooks made of it) with bn folded in, into w_out and the
+ * bias into b_out (out_features each); w_out may be w and b_out conv's bias. */
+void pare_fold_batchnorm_values(const pare_layer *conv, const pare_layer *bn, const float *w, float *w_out,
+                                float *b_out);
 /* Folds BatchNorm, then installs fake-quant: on every Conv2d/Linear weight
  * (symmetric, per channel or cfg->per_tensor, cfg->weight_bits; the last
  * weight hook, after a pruning mask) and on the activations the int8 model

@@ -268,21 +268,6 @@ static int fused_output(convert_state *s, int i, pare_qparams *out, int *relu)
     return act_params(s, last, out) ? -1 : last - i + 1;
 }
 
-/* The conv weight (OIHW) and bias with a following BatchNorm folded in with
- * its running statistics (as pare_fold_batchnorm does, without changing the
- * model) into w (o * cols) and b (o). */
-static void fold_bn_copy(const pare_layer *l, const pare_layer *bn, const float *w_src, float *w, float *b)
-{
-    int o = l->out_features;
-    size_t cols = l->weight->size / (size_t)o;
-    for (int c = 0; c < o; c++) {
-        double g = (double)bn->weight->data[c] / sqrt((double)bn->running_var->data[c] + bn->eps);
-        for (size_t j = 0; j < cols; j++) w[c * cols + j] = (float)(g * w_src[c * cols + j]);
-        double bias = l->has_bias ? l->bias->data[c] : 0;
-        b[c] = (float)(g * (bias - bn->running_mean->data[c]) + bn->bias->data[c]);
-    }
-}
-
 static int convert_conv(convert_state *s, int i)
 {
     pare_layer *l = s->m->layers[i];
@@ -300,7 +285,7 @@ static int convert_conv(convert_state *s, int i)
     const float *src = effective_weight(s, l);
     if (bn) {
         folded = pare_alloc(((size_t)o * cols + o) * sizeof(float));
-        fold_bn_copy(l, bn, src, folded, folded + (size_t)o * cols);
+        pare_fold_batchnorm_values(l, bn, src, folded, folded + (size_t)o * cols);
         src = folded;
         bias = folded + (size_t)o * cols;
     }

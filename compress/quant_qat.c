@@ -18,22 +18,29 @@
  * g_c = gamma_c / sqrt(var_c + eps):  (g_c W_c) x + g_c (b_c - mu_c) + beta_c.
  * Folding with the running statistics is exact for inference; training the
  * folded conv afterwards (QAT) no longer normalizes by batch statistics. */
-static void fold_into(pare_layer *conv, const pare_layer *bn)
+void pare_fold_batchnorm_values(const pare_layer *conv, const pare_layer *bn, const float *w, float *w_out,
+                                float *b_out)
 {
     int out = conv->out_features;
     size_t per = conv->weight->size / (size_t)out;
+    for (int c = 0; c < out; c++) {
+        double g = (double)bn->weight->data[c] / sqrt((double)bn->running_var->data[c] + bn->eps);
+        double bias = conv->has_bias ? conv->bias->data[c] : 0; /* read before b_out[c] may overwrite it */
+        for (size_t i = 0; i < per; i++) w_out[c * per + i] = (float)(g * w[c * per + i]);
+        b_out[c] = (float)(g * (bias - bn->running_mean->data[c]) + bn->bias->data[c]);
+    }
+}
+
+/* In place; a conv without a bias gets one. */
+static void fold_into(pare_layer *conv, const pare_layer *bn)
+{
     if (!conv->has_bias) {
+        int out = conv->out_features;
         conv->bias = pare_tensor_persistent(1, &out, 1);
         memset(conv->bias->data, 0, (size_t)out * sizeof(float));
         conv->has_bias = 1;
     }
-    for (int c = 0; c < out; c++) {
-        double g = (double)bn->weight->data[c] / sqrt((double)bn->running_var->data[c] + bn->eps);
-        float *w = conv->weight->data + (size_t)c * per;
-        for (size_t i = 0; i < per; i++) w[i] = (float)(g * w[i]);
-        conv->bias->data[c] =
-            (float)(g * ((double)conv->bias->data[c] - bn->running_mean->data[c]) + bn->bias->data[c]);
-    }
+    pare_fold_batchnorm_values(conv, bn, conv->weight->data, conv->weight->data, conv->bias->data);
 }
 
 int pare_fold_batchnorm(pare_model *m, char (*notes)[128], int max_notes)
